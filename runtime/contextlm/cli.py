@@ -1,0 +1,73 @@
+"""The `contextlm` command: one subcommand per component.
+
+Each subcommand imports what it needs inside its handler, so `contextlm crds` never
+pays for torch and a runtime image runs any component with the same entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from .crds import check_crds, write_crds
+
+    if args.check:
+        stale = check_crds(args.root)
+        for path in stale:
+            print(f"out of date: {path} (run `contextlm crds`)", file=sys.stderr)
+        return 1 if stale else 0
+    for path in write_crds(args.root):
+        print(f"wrote {path}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .manifests import validate_paths
+
+    failures = 0
+    for source, result in validate_paths(args.paths):
+        if isinstance(result, str):
+            print(f"ok    {source}: {result}")
+        else:
+            failures += 1
+            for error in result:
+                print(f"FAIL  {source}: {error}")
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contextlm",
+        description="Managed contextual language-model systems on Kubernetes.",
+    )
+    parser.add_argument("--version", action="version", version=f"contextlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crds = sub.add_parser("crds", help="generate the CRDs from the resource models")
+    crds.add_argument("--check", action="store_true", help="exit 1 if a generated file differs")
+    crds.add_argument("--root", default=".", help="repository root (default: .)")
+    crds.set_defaults(handler=_crds)
+
+    validate = sub.add_parser(
+        "validate", help="check manifests against the resource models (files or folders)"
+    )
+    validate.add_argument("paths", nargs="+", help="YAML files or folders of them")
+    validate.set_defaults(handler=_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
