@@ -32,3 +32,29 @@ def load_examples() -> list[tuple[str, dict[str, Any]]]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/ from the current render functions",
+    )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Any:
+    """Compare a rendered object with tests/golden/<name>.yaml (rewritten only with
+    --update-golden)."""
+
+    def check(name: str, value: Any) -> None:
+        path = ROOT / "tests" / "golden" / f"{name}.yaml"
+        text = yaml.safe_dump(value, sort_keys=True, width=100)
+        if request.config.getoption("--update-golden"):
+            path.write_text(text)
+        assert path.exists(), f"no golden file {path}; run pytest --update-golden"
+        assert yaml.safe_load(path.read_text()) == yaml.safe_load(text), (
+            f"{name} differs from {path}; if intended, run pytest --update-golden and review"
+        )
+
+    return check

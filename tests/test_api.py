@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from cel_sim import apply_defaults, failed_rules
 from conftest import load_bad_cases, load_examples
+
 from contextlm.api import InvalidResource, validate_manifest
 from contextlm.api.common import Model
 from contextlm.api.crdgen import crd_for

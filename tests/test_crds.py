@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 from cel_sim import program
+from kubernetes.client import ApiClient
+
 from contextlm.api.crdgen import all_crds, structural
 from contextlm.crds import check_crds, expected_files
-from kubernetes.client import ApiClient
 
 CRDS = all_crds()
 IDS = [c["metadata"]["name"] for c in CRDS]

@@ -42,6 +42,45 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# Runtime components: name -> (module, help). Each module has `run(args) -> int` and
+# optionally `add_arguments(parser)` for options of its own; it is imported only when
+# its subcommand runs, so one component's dependencies never break another command.
+COMPONENTS: dict[str, tuple[str, str]] = {
+    "sync": ("contextlm.runtime.sync", "fetch, extract and chunk a corpus into a snapshot"),
+    "index": ("contextlm.runtime.index", "embed a snapshot and build its indexes"),
+    "retriever": ("contextlm.runtime.retriever", "serve hybrid retrieval over HTTP"),
+}
+
+
+def _component(command: str, module_name: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        if hasattr(module, "add_arguments"):
+            own = argparse.ArgumentParser(prog=f"contextlm {command}")
+            module.add_arguments(own)
+            own.parse_args(args.extra, namespace=args)
+        elif args.extra:
+            raise SystemExit(f"contextlm {command}: unrecognized arguments: {' '.join(args.extra)}")
+        result: int = module.run(args)
+        return result
+
+    return handler
+
+
+def _add_components(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, (module_name, help_text) in COMPONENTS.items():
+        parser = sub.add_parser(name, help=help_text)
+        parser.add_argument("--config", help="JSON config file (default: $CONTEXTLM_CONFIG)")
+        parser.add_argument(
+            "--termination-log",
+            default="/dev/termination-log",
+            help="where the one-line JSON result is also written (Kubernetes reads it)",
+        )
+        parser.set_defaults(handler=_component(name, module_name))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contextlm",
@@ -60,11 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("paths", nargs="+", help="YAML files or folders of them")
     validate.set_defaults(handler=_validate)
+    _add_components(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command not in COMPONENTS:
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     handler: Handler = args.handler
     return handler(args)
 

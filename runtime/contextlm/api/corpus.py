@@ -141,6 +141,13 @@ class Chunking(Model):
     overlap: int = Field(
         default=32, ge=0, le=4096, description="Tokens shared by consecutive chunks."
     )
+    tokenizer: str = Field(
+        default="all-MiniLM-L6-v2",
+        min_length=1,
+        max_length=512,
+        description="Tokenizer sizes are counted in: the embedding model of the stacks that"
+        " index this corpus (a cached name or a path in the artifact store).",
+    )
 
 
 class Extraction(Model):
@@ -210,6 +217,11 @@ class CorpusStatus(StatusBase):
         description="Documents that failed in the last sync (first 50).",
     )
     failed_count: int | None = Field(default=None, ge=0, description="All failed documents.")
+    sync_inputs: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Hash of the inputs of the last finished sync (so it is not repeated).",
+    )
     last_sync_time: Timestamp | None = Field(
         default=None,
         description="When the last sync finished.",

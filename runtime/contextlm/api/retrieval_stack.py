@@ -186,6 +186,11 @@ class RetrievalStackStatus(ScaledStatus):
         default=None, max_length=128, description="Corpus snapshot the built index covers."
     )
     chunks_indexed: int | None = Field(default=None, ge=0, description="Chunks in the index.")
+    index_inputs: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Hash of the inputs of the last finished index build.",
+    )
     endpoint: str | None = Field(
         default=None, max_length=512, description="In-cluster URL of the retrieval service."
     )

@@ -1,0 +1,1 @@
+"""Reconcilers: read spec and observed children, apply desired children, write status."""

@@ -1,0 +1,130 @@
+"""What every reconciler shares: Job outcomes, pod scheduling problems, status writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubernetes.client.exceptions import ApiException
+
+from .. import conditions, kube, metrics
+
+log = logging.getLogger(__name__)
+
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+def object_lock(body: dict[str, Any]) -> threading.Lock:
+    """One reconcile at a time per object (events and timers may overlap)."""
+    return _locks[body["metadata"]["uid"]]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: Literal["missing", "pending", "running", "succeeded", "failed"]
+    result: dict[str, Any] | None = None
+    message: str = ""
+    unschedulable: str = ""
+
+
+def _termination_result(pod: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    for status in pod.get("status", {}).get("containerStatuses", []):
+        terminated = status.get("state", {}).get("terminated") or {}
+        text = (terminated.get("message") or "").strip()
+        for line in reversed(text.splitlines()):
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed, text
+        if text or terminated:
+            return None, text or terminated.get("reason", "")
+    return None, ""
+
+
+def unschedulable_message(pods: list[dict[str, Any]]) -> str:
+    """The scheduler's message for the first pod it could not place, if any."""
+    for pod in pods:
+        for cond in pod.get("status", {}).get("conditions", []):
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return str(cond.get("message", "unschedulable"))
+    return ""
+
+
+def job_outcome(namespace: str, name: str) -> JobOutcome:
+    job = kube.get("batch/v1", "Job", namespace, name)
+    if job is None:
+        return JobOutcome("missing")
+    pods = kube.list_objects("v1", "Pod", namespace, {"job-name": name})
+    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    conds = {
+        c["type"]: c for c in job.get("status", {}).get("conditions", []) if c["status"] == "True"
+    }
+    if "Complete" in conds:
+        for pod in reversed(pods):
+            if pod.get("status", {}).get("phase") == "Succeeded":
+                result, _ = _termination_result(pod)
+                return JobOutcome("succeeded", result)
+        return JobOutcome("succeeded", None, "job succeeded without a result")
+    if "Failed" in conds:
+        result, text = (None, "")
+        for pod in reversed(pods):
+            result, text = _termination_result(pod)
+            if result or text:
+                break
+        message = (result or {}).get("error") or text or conds["Failed"].get("message", "")
+        return JobOutcome("failed", result, str(message))
+    running = any(p.get("status", {}).get("phase") == "Running" for p in pods)
+    return JobOutcome(
+        "running" if running else "pending", unschedulable=unschedulable_message(pods)
+    )
+
+
+def ensure_job(manifest: dict[str, Any]) -> None:
+    """Create a Job if absent. Jobs are immutable and named by their inputs, so an
+    existing one with this name is by construction the same work."""
+    meta = manifest["metadata"]
+    if kube.get("batch/v1", "Job", meta["namespace"], meta["name"]) is None:
+        try:
+            kube.apply(manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+def prune(
+    namespace: str, kind: str, api_version: str, selector: dict[str, str], keep: set[str]
+) -> None:
+    for obj in kube.list_objects(api_version, kind, namespace, selector):
+        if obj["metadata"]["name"] not in keep:
+            kube.delete(api_version, kind, namespace, obj["metadata"]["name"])
+
+
+def write_status(
+    body: dict[str, Any],
+    *,
+    fields: dict[str, Any],
+    new_conditions: list[dict[str, Any]],
+    progressing: str,
+) -> str:
+    """Merge conditions, derive the phase, emit Events for conditions that turned False,
+    and patch status only if something changed. Returns the phase."""
+    current = body.get("status") or {}
+    generation = body["metadata"].get("generation", 0)
+    merged, turned_false = conditions.merge(
+        current.get("conditions", []), new_conditions, generation
+    )
+    phase = conditions.phase(merged, progressing=progressing)
+    desired = {**fields, "conditions": merged, "phase": phase, "observedGeneration": generation}
+    changed = {k: v for k, v in desired.items() if current.get(k) != v}
+    if changed:
+        kube.patch_status(body, changed)
+    for cond in turned_false:
+        kube.event(body, type_="Warning", reason=cond["reason"], message=cond["message"])
+    metrics.record_phase(body, phase)
+    return phase

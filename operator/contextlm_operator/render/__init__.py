@@ -1,0 +1,1 @@
+"""Pure render functions: spec in, manifest dicts out. No I/O, deterministic."""

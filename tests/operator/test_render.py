@@ -1,0 +1,131 @@
+"""Render functions: deterministic manifests, checked against golden files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conftest import load_examples
+from contextlm.api import validate_manifest
+from contextlm.api.corpus import CorpusSpec
+from contextlm.api.retrieval_stack import RetrievalStackSpec
+from contextlm.runtime.store import StoreConfig
+from contextlm_operator.render import corpus as corpus_render
+from contextlm_operator.render import retrieval_stack as stack_render
+from contextlm_operator.render.common import Owner, inputs_hash
+from contextlm_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(
+    image="contextlm/contextlm:test",
+    store=StoreConfig(kind="s3", endpoint="http://minio.storage.svc:9000", bucket="artifacts"),
+    job_node_selector={"contextlm.io/executor": "true"},
+    job_tolerations=[
+        {"key": "contextlm.io/executor", "operator": "Exists", "effect": "NoSchedule"}
+    ],
+)
+EXAMPLES = {name.split(":")[1]: doc for name, doc in load_examples() if "production" in name}
+
+
+def _owner(doc: dict[str, Any]) -> Owner:
+    return Owner(doc["apiVersion"], doc["kind"], doc["metadata"]["name"], "support", "uid-1234")
+
+
+def _spec(kind_name: str) -> tuple[Owner, Any]:
+    doc = EXAMPLES[kind_name]
+    return _owner(doc), validate_manifest(doc).spec  # type: ignore[attr-defined]
+
+
+def test_corpus_children_match_golden(golden: Any) -> None:
+    owner, spec = _spec("Corpus/support-handbook")
+    inputs = corpus_render.sync_inputs(spec, SETTINGS)
+    golden(
+        "corpus-sync-configmap", corpus_render.render_sync_config_map(owner, spec, SETTINGS, inputs)
+    )
+    golden("corpus-sync-job", corpus_render.render_sync_job(owner, spec, SETTINGS, inputs))
+    golden(
+        "corpus-refresh-cronjob",
+        corpus_render.render_refresh_cronjob(owner, spec, SETTINGS, inputs),
+    )
+
+
+def test_retrieval_stack_children_match_golden(golden: Any) -> None:
+    owner, spec = _spec("RetrievalStack/support-retrieval")
+    inputs = stack_render.index_inputs(spec, "snap-1", SETTINGS)
+    golden("retrieval-index-job", stack_render.render_index_job(owner, spec, SETTINGS, inputs))
+    golden(
+        "retrieval-retriever-deployment",
+        stack_render.render_retriever_deployment(owner, spec, SETTINGS, "idx-1"),
+    )
+    golden("retrieval-retriever-service", stack_render.render_retriever_service(owner))
+
+
+def test_job_names_are_a_hash_of_the_inputs() -> None:
+    owner, spec = _spec("Corpus/support-handbook")
+    a = corpus_render.sync_inputs(spec, SETTINGS)
+    assert a == corpus_render.sync_inputs(CorpusSpec.model_validate(spec.model_dump()), SETTINGS)
+    changed = spec.model_copy(deep=True)
+    changed.extraction.chunking.size = 300
+    assert corpus_render.sync_inputs(changed, SETTINGS) != a
+    assert corpus_render.sync_inputs(spec, SETTINGS, resync="2026-01-01") != a
+    job = corpus_render.render_sync_job(owner, spec, SETTINGS, a)
+    assert job["metadata"]["name"] == f"support-handbook-sync-{a}"
+    assert len(job["metadata"]["name"]) <= 63
+
+
+def test_serving_changes_do_not_rebuild_the_index() -> None:
+    _, spec = _spec("RetrievalStack/support-retrieval")
+    before = stack_render.index_inputs(spec, "snap-1", SETTINGS)
+    scaled = spec.model_copy(deep=True)
+    scaled.serving.replicas = 7
+    scaled.top_k = 5
+    assert stack_render.index_inputs(scaled, "snap-1", SETTINGS) == before
+    assert stack_render.index_inputs(spec, "snap-2", SETTINGS) != before
+
+
+def test_jobs_run_where_the_operator_is_told_and_pods_are_hardened() -> None:
+    owner, spec = _spec("RetrievalStack/support-retrieval")
+    job = stack_render.render_index_job(owner, spec, SETTINGS, "abc")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        "contextlm.io/executor": "true",
+    }
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+
+
+def test_autoscaled_retriever_leaves_replicas_to_the_hpa() -> None:
+    owner, spec = _spec("RetrievalStack/support-retrieval")
+    assert (
+        stack_render.render_retriever_deployment(owner, spec, SETTINGS, "v")["spec"]["replicas"]
+        == 2
+    )
+    scaled = RetrievalStackSpec.model_validate(
+        {**spec.model_dump(by_alias=True), "serving": {"autoscaling": {"maxReplicas": 5}}}
+    )
+    deployment = stack_render.render_retriever_deployment(owner, scaled, SETTINGS, "v")
+    assert "replicas" not in deployment["spec"]
+    hpa = stack_render.render_retriever_hpa(owner, scaled)
+    assert hpa is not None and hpa["spec"]["maxReplicas"] == 5
+
+
+def test_a_new_index_version_rolls_the_pods() -> None:
+    owner, spec = _spec("RetrievalStack/support-retrieval")
+    a = stack_render.render_retriever_deployment(owner, spec, SETTINGS, "v1")
+    b = stack_render.render_retriever_deployment(owner, spec, SETTINGS, "v2")
+    assert a["spec"]["template"] != b["spec"]["template"]
+    assert a["spec"]["selector"] == b["spec"]["selector"]
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1, 2], "x"])
+def test_inputs_hash_is_stable(value: Any) -> None:
+    assert inputs_hash(value) == inputs_hash(value)
+    assert len(inputs_hash(value)) == 10
