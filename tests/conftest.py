@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+
+from servers import PostgresServer, S3Server, run_minio, run_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +61,17 @@ def golden(request: pytest.FixtureRequest) -> Any:
         )
 
     return check
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real MinIO on 127.0.0.1 for this test session."""
+    with run_minio() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on 127.0.0.1 for this test session."""
+    with run_postgres() as server:
+        yield server

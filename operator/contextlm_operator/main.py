@@ -82,9 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve_probes(args.metrics_host, args.metrics_port or handlers.SETTINGS.metrics_port)
     clusterwide = not args.namespace
+    # Naming a peering makes it mandatory in kopf, so only a peered operator names one.
     kopf.run(
         standalone=args.standalone,
-        peering_name=PEERING,
+        peering_name=None if args.standalone else PEERING,
         clusterwide=clusterwide,
         namespaces=args.namespace,
     )

@@ -45,6 +45,18 @@ class BaseModelSource(Model):
     )
 
 
+class ModelCache(Model):
+    """The volume model weights and engines are pulled into once and shared by replicas."""
+
+    size: Quantity = Field(default="100Gi", description="Capacity of the cache volume.")
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="StorageClass of the cache volume; it must offer ReadWriteMany when"
+        " there is more than one replica. Empty uses the cluster default.",
+    )
+
+
 class ModelServing(Placement):
     """How the model is served: the engine and the GPUs it runs on."""
 
@@ -130,6 +142,7 @@ class ModelServing(Placement):
     shared_memory: Quantity = Field(
         default="2Gi", description="Size of /dev/shm (NCCL and the Python backend need it)."
     )
+    cache: ModelCache = Field(default_factory=ModelCache, description="Shared weights cache.")
 
 
 class Lora(Model):

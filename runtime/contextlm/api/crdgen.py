@@ -105,9 +105,8 @@ def _enum_type(values: list[Any]) -> str:
 class _CrdJsonSchema(GenerateJsonSchema):
     """pydantic's generator, plus schema defaults for `default_factory` fields.
 
-    The API server applies schema defaults recursively, so a sub-object whose fields
-    all have defaults gets `default: {}` and is then filled in by the server. Without
-    it an omitted sub-object stays absent and CEL rules that read it would fail.
+    An omitted sub-object whose fields all have defaults gets its full default from the
+    API server; without it the sub-object stays absent and CEL rules that read it fail.
     """
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
@@ -116,7 +115,12 @@ class _CrdJsonSchema(GenerateJsonSchema):
             return super().default_schema(schema)
         value = factory()  # type: ignore[call-arg]
         json_schema = self.generate_inner(schema["schema"])
-        json_schema["default"] = {} if isinstance(value, BaseModel) else to_jsonable_python(value)
+        if isinstance(value, BaseModel):
+            # The whole default, not `{}`: the API server checks CEL rules against the
+            # default value as written, before nested defaults would fill it in.
+            json_schema["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+        else:
+            json_schema["default"] = to_jsonable_python(value)
         return json_schema
 
 

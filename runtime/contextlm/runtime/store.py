@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -44,8 +44,7 @@ class StoreConfig(BaseModel):
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape their prefix (`..`, absolute paths, empty parts)."""
-    parts = PurePosixPath(key).parts
-    if not key or key.startswith("/") or any(p in ("..", ".", "") for p in parts):
+    if not key or key.startswith("/") or any(p in ("..", ".", "") for p in key.split("/")):
         raise ValueError(f"unsafe artifact key: {key!r}")
     return key
 
@@ -206,9 +205,7 @@ class S3Store(ArtifactStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         import io
 
-        self._call(
-            self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data)
-        )
+        self._call(self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data))
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
