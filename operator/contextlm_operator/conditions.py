@@ -30,6 +30,8 @@ class Reason:
     # failure
     JOB_FAILED = "JobFailed"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
+    BAD_CREDENTIALS = "BadCredentials"
+    INVALID_CONFIG = "InvalidConfig"
     SECRET_NOT_FOUND = "SecretNotFound"
     CORPUS_NOT_FOUND = "CorpusNotFound"
     CORPUS_NOT_READY = "CorpusNotReady"
@@ -83,6 +85,8 @@ def phase(conditions: list[dict[str, Any]], *, progressing: str = "Pending") -> 
 FAILURE_REASONS = {
     Reason.JOB_FAILED,
     Reason.SOURCE_UNAVAILABLE,
+    Reason.BAD_CREDENTIALS,
+    Reason.INVALID_CONFIG,
     Reason.SECRET_NOT_FOUND,
     Reason.INVALID_SPEC,
     Reason.UNSCHEDULABLE,

@@ -16,11 +16,20 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from contextlm.api import GROUP, VERSION, CorpusSpec, RetrievalStackSpec
+from contextlm.api import (
+    GROUP,
+    VERSION,
+    AlignedModelSpec,
+    ContextualDeploymentSpec,
+    CorpusSpec,
+    RetrievalStackSpec,
+)
 from contextlm.api.validation import field_errors
 
 from . import conditions, kube, metrics
+from .reconcile.aligned_model import reconcile_aligned_model
 from .reconcile.common import object_lock, write_status
+from .reconcile.contextual_deployment import reconcile_contextual_deployment
 from .reconcile.corpus import reconcile_corpus
 from .reconcile.retrieval_stack import reconcile_retrieval_stack
 from .settings import OperatorSettings
@@ -93,6 +102,13 @@ def _register(kind: str, plural: str, spec_model: type[BaseModel], reconciler: R
 
 _register("Corpus", "corpora", CorpusSpec, reconcile_corpus)
 _register("RetrievalStack", "retrievalstacks", RetrievalStackSpec, reconcile_retrieval_stack)
+_register("AlignedModel", "alignedmodels", AlignedModelSpec, reconcile_aligned_model)
+_register(
+    "ContextualDeployment",
+    "contextualdeployments",
+    ContextualDeploymentSpec,
+    reconcile_contextual_deployment,
+)
 
 
 @kopf.on.delete(

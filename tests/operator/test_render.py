@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from conftest import load_examples
+
 from contextlm.api import validate_manifest
 from contextlm.api.corpus import CorpusSpec
 from contextlm.api.retrieval_stack import RetrievalStackSpec
 from contextlm.runtime.store import StoreConfig
 from contextlm_operator.render import corpus as corpus_render
 from contextlm_operator.render import retrieval_stack as stack_render
-from contextlm_operator.render.common import Owner, inputs_hash
+from contextlm_operator.render.common import Owner, hpa, inputs_hash
 from contextlm_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(
@@ -113,8 +113,10 @@ def test_autoscaled_retriever_leaves_replicas_to_the_hpa() -> None:
     )
     deployment = stack_render.render_retriever_deployment(owner, scaled, SETTINGS, "v")
     assert "replicas" not in deployment["spec"]
-    hpa = stack_render.render_retriever_hpa(owner, scaled)
-    assert hpa is not None and hpa["spec"]["maxReplicas"] == 5
+    assert scaled.serving.autoscaling is not None
+    scaler = hpa(owner, "retriever", scaled.serving.autoscaling)
+    assert scaler["spec"]["maxReplicas"] == 5
+    assert scaler["spec"]["scaleTargetRef"]["name"] == "support-retrieval-retriever"
 
 
 def test_a_new_index_version_rolls_the_pods() -> None:

@@ -94,7 +94,12 @@ def _from_outcome(outcome: JobOutcome, inputs: str) -> tuple[dict[str, Any], dic
         return condition(SYNCED, True, Reason.SNAPSHOT_PUBLISHED, _summary(fields)), fields
     if outcome.state in ("succeeded", "failed"):
         reason = (outcome.result or {}).get("reason") or Reason.JOB_FAILED
-        if reason not in (Reason.SOURCE_UNAVAILABLE, Reason.SECRET_NOT_FOUND):
+        if reason not in (
+            Reason.SOURCE_UNAVAILABLE,
+            Reason.BAD_CREDENTIALS,
+            Reason.INVALID_CONFIG,
+            Reason.SECRET_NOT_FOUND,
+        ):
             reason = Reason.JOB_FAILED
         message = outcome.message or "the sync Job failed without a result"
         return condition(SYNCED, False, reason, message), {}

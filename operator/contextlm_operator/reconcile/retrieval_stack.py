@@ -9,11 +9,13 @@ from contextlm.api import API_VERSION
 from contextlm.api.retrieval_stack import RetrievalStackSpec
 
 from .. import kube
-from ..conditions import DEPENDENCIES_READY, INDEX_BUILT, READY, SERVING, Reason, condition
+from ..conditions import DEPENDENCIES_READY, INDEX_BUILT, READY, Reason, condition
 from ..render import retrieval_stack as render
 from ..render.common import Owner, labels, selector
 from ..settings import OperatorSettings
-from .common import ensure_job, job_outcome, prune, unschedulable_message, write_status
+from .children import apply_hpa
+from .common import ensure_job, job_outcome, prune, write_status
+from .workloads import selector_string, serving_conditions
 
 
 def reconcile_retrieval_stack(
@@ -118,63 +120,19 @@ def _serve(
     kube.apply(render.render_retriever_config_map(owner, spec, settings, version))
     deployment = kube.apply(render.render_retriever_deployment(owner, spec, settings, version))
     kube.apply(render.render_retriever_service(owner))
-    hpa = render.render_retriever_hpa(owner, spec)
-    if hpa is None:
-        kube.delete(
-            "autoscaling/v2", "HorizontalPodAutoscaler", owner.namespace, f"{owner.name}-retriever"
-        )
-    else:
-        kube.apply(hpa)
+    apply_hpa(owner, render.RETRIEVER, spec.serving.autoscaling)
     keep = {render.retriever_config_name(owner, version)}
     if status.get("servingIndexVersion"):
         keep.add(render.retriever_config_name(owner, status["servingIndexVersion"]))
     prune(owner.namespace, "ConfigMap", "v1", labels(owner, render.RETRIEVER), keep=keep)
 
-    rolled, ready_replicas, desired = _rollout(deployment)
-    serving_version = version if rolled else status.get("servingIndexVersion")
+    rolled, ready_replicas, conds = serving_conditions(
+        deployment, selector(owner, render.RETRIEVER), f"index {version}"
+    )
     fields = {
-        "servingIndexVersion": serving_version,
+        "servingIndexVersion": version if rolled else status.get("servingIndexVersion"),
         "endpoint": render.endpoint(owner),
         "replicas": ready_replicas,
-        "selector": ",".join(
-            f"{k}={v}" for k, v in sorted(selector(owner, render.RETRIEVER).items())
-        ),
+        "selector": selector_string(selector(owner, render.RETRIEVER)),
     }
-    if rolled and desired > 0:
-        serving = condition(
-            SERVING,
-            True,
-            Reason.AVAILABLE,
-            f"{ready_replicas}/{desired} replicas serve index {version}",
-        )
-    else:
-        pods = kube.list_objects("v1", "Pod", owner.namespace, selector(owner, render.RETRIEVER))
-        blocked = unschedulable_message(pods)
-        if blocked:
-            serving = condition(SERVING, False, Reason.UNSCHEDULABLE, blocked)
-        elif desired == 0:
-            serving = condition(SERVING, False, Reason.PODS_NOT_READY, "scaled to zero replicas")
-        else:
-            serving = condition(
-                SERVING,
-                None,
-                Reason.ROLLING_OUT,
-                f"{ready_replicas}/{desired} replicas ready for index {version}",
-            )
-    ok = serving["status"] == "True"
-    ready = condition(READY, ok, serving["reason"], serving["message"])
-    return fields, [serving, ready]
-
-
-def _rollout(deployment: dict[str, Any]) -> tuple[bool, int, int]:
-    """(rollout complete, ready replicas, desired replicas) of a Deployment."""
-    spec, st = deployment.get("spec", {}), deployment.get("status", {})
-    desired = int(spec.get("replicas", 1))
-    ready = int(st.get("readyReplicas", 0))
-    complete = (
-        st.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1)
-        and int(st.get("updatedReplicas", 0)) == desired
-        and int(st.get("availableReplicas", 0)) == desired
-        and int(st.get("replicas", 0)) == desired
-    )
-    return complete, ready, desired
+    return fields, conds

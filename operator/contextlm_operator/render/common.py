@@ -7,13 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from contextlm.api.common import Placement, ResourceRequirements
+from contextlm.api.common import Autoscaling, Placement, ResourceRequirements
 
 from ..settings import OperatorSettings
 
 MANAGER = "contextlm-operator"
 CONFIG_DIR = "/etc/contextlm"
-WORK_DIR = "/work"
+WORK_DIR = "/scratch"  # not /work: e2e runs pods on a host whose checkout may live there
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -244,5 +244,36 @@ def job(
                     restart_policy="Never",
                 ),
             },
+        },
+    }
+
+
+def hpa(owner: Owner, component: str, scaling: Autoscaling) -> dict[str, Any]:
+    """A CPU HorizontalPodAutoscaler on the component's Deployment, which then leaves
+    replicas out of what it applies (the autoscaler owns them)."""
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(owner, f"{owner.name}-{component}", component),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": f"{owner.name}-{component}",
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
         },
     }

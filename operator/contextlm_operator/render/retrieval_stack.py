@@ -165,37 +165,5 @@ def render_retriever_service(owner: Owner) -> dict[str, Any]:
     }
 
 
-def render_retriever_hpa(owner: Owner, spec: RetrievalStackSpec) -> dict[str, Any] | None:
-    scaling = spec.serving.autoscaling
-    if scaling is None:
-        return None
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(owner, f"{owner.name}-retriever", RETRIEVER),
-        "spec": {
-            "scaleTargetRef": {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "name": f"{owner.name}-retriever",
-            },
-            "minReplicas": scaling.min_replicas,
-            "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": scaling.target_cpu_utilization,
-                        },
-                    },
-                }
-            ],
-        },
-    }
-
-
 def endpoint(owner: Owner) -> str:
     return f"http://{owner.name}-retriever.{owner.namespace}.svc:80"

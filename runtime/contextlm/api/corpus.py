@@ -53,6 +53,15 @@ class S3Source(Model):
 class PvcSource(Model):
     """Files on a PersistentVolumeClaim, mounted read-only into the sync Job."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!self.path.matches('(^|/)[.][.](/|$)')",
+            message="path must stay inside the volume: no '..' segments",
+            field="path",
+            check=lambda s: ".." not in s.path.split("/"),
+        ),
+    )
+
     claim_name: Name = Field(description="PersistentVolumeClaim in the same namespace.")
     path: str = Field(
         default="/",

@@ -89,3 +89,14 @@ class IndexManifest(BaseModel):
     embedded: int = Field(description="Chunks embedded in this build (others were reused).")
     reused: int = Field(description="Embeddings reused from the previous version.")
     created: str
+
+
+def revision_prefix(namespace: str, model: str, revision: str | None = None) -> str:
+    """Where an AlignedModel's trained revisions live (adapter/, merged/, manifest.json)."""
+    base = f"revisions/{namespace}/{model}"
+    return f"{base}/{revision}" if revision else base
+
+
+def run_prefix(namespace: str, model: str, run: str) -> str:
+    """Where one AlignmentRun keeps its exported dataset and evaluation report."""
+    return f"alignment/{namespace}/{model}/runs/{run}"

@@ -72,7 +72,15 @@ class ArtifactStore(ABC):
         """Keys under `prefix`, recursively, relative to the store root."""
 
     @abstractmethod
-    def delete_prefix(self, prefix: str) -> int: ...
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under `prefix`, manifests first: an artifact being removed
+        stops being visible before any of its files goes."""
+        keys = sorted(self.list(prefix), key=lambda k: (not k.endswith("/" + MANIFEST), k))
+        for key in keys:
+            self.delete(key)
+        return len(keys)
 
     # Artifacts -------------------------------------------------------------------
 
@@ -155,11 +163,8 @@ class LocalStore(ArtifactStore):
                 if key.startswith(prefix):
                     yield key
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = list(self.list(prefix))
-        for key in keys:
-            self._path(key).unlink()
-        return len(keys)
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 class S3Store(ArtifactStore):
@@ -205,7 +210,9 @@ class S3Store(ArtifactStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         import io
 
-        self._call(self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data))
+        self._call(
+            self.client.put_object, self.bucket, self._key(key), io.BytesIO(data), len(data)
+        )
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,11 +245,8 @@ class S3Store(ArtifactStore):
         for obj in objects:
             yield obj.object_name[strip:]
 
-    def delete_prefix(self, prefix: str) -> int:
-        keys = list(self.list(prefix))
-        for key in keys:
-            self._call(self.client.remove_object, self.bucket, self._key(key))
-        return len(keys)
+    def delete(self, key: str) -> None:
+        self._call(self.client.remove_object, self.bucket, self._key(key))
 
 
 def open_store(config: StoreConfig) -> ArtifactStore:
