@@ -49,6 +49,15 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "sync": ("contextlm.runtime.sync", "fetch, extract and chunk a corpus into a snapshot"),
     "index": ("contextlm.runtime.index", "embed a snapshot and build its indexes"),
     "retriever": ("contextlm.runtime.retriever", "serve hybrid retrieval over HTTP"),
+    "generator": (
+        "contextlm.runtime.generator",
+        "serve a causal LM over the KServe v2 / Triton protocol",
+    ),
+    "gateway": ("contextlm.runtime.gateway", "answer questions with citations; record feedback"),
+    "migrate": ("contextlm.runtime.feedback.migrate", "upgrade the feedback store's schema"),
+    "export": ("contextlm.runtime.feedback.export", "export a feedback window as training data"),
+    "train": ("contextlm.runtime.train", "align a model revision on feedback (KTO/APO/DPO/SFT)"),
+    "evaluate": ("contextlm.runtime.evaluate", "score a candidate revision and decide the gate"),
 }
 
 
