@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 PEERING = "contextlm"
 _started = threading.Event()
+_namespaces: list[str] = []
 
 
 @kopf.on.startup()
@@ -32,6 +34,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 8
     settings.posting.level = logging.WARNING
+    if _namespaces:
+        # Named namespaces need no cluster-wide namespace scanning (and no permission
+        # to list namespaces); kopf would otherwise retry that with 403s.
+        settings.scanning.disabled = True
     _started.set()
 
 
@@ -81,11 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import handlers  # registers the handlers
 
     serve_probes(args.metrics_host, args.metrics_port or handlers.SETTINGS.metrics_port)
+    _namespaces[:] = args.namespace
     clusterwide = not args.namespace
     # Naming a peering makes it mandatory in kopf, so only a peered operator names one.
+    # Replicas of one peering must differ in priority, or kopf pauses all of them.
     kopf.run(
         standalone=args.standalone,
         peering_name=None if args.standalone else PEERING,
+        priority=secrets.randbelow(2**31 - 2) + 1,
         clusterwide=clusterwide,
         namespaces=args.namespace,
     )

@@ -21,6 +21,15 @@ class OperatorSettings(BaseModel):
     command: list[str] = Field(
         default_factory=lambda: ["contextlm"], description="Entry point of the runtime CLI."
     )
+    triton_image: str = Field(
+        default="tritonserver:trtllm-python-py3",
+        description="NVIDIA's Triton image with the TensorRT-LLM backend (set it to the"
+        " release in your registry).",
+    )
+    triton_models_dir: str = Field(
+        default="/app/all_models/inflight_batcher_llm",
+        description="Where that image keeps the backend's Python models.",
+    )
     store: StoreConfig = Field(default_factory=StoreConfig)
     store_secret: str = Field(
         default="contextlm-store",
@@ -45,6 +54,8 @@ class OperatorSettings(BaseModel):
         for key, name, parse in (
             ("image", "IMAGE", str),
             ("image_pull_policy", "IMAGE_PULL_POLICY", str),
+            ("triton_image", "TRITON_IMAGE", str),
+            ("triton_models_dir", "TRITON_MODELS_DIR", str),
             ("command", "COMMAND", json.loads),
             ("store_secret", "STORE_SECRET", str),
             ("job_node_selector", "JOB_NODE_SELECTOR", json.loads),

@@ -87,10 +87,11 @@ def test_jobs_run_where_the_operator_is_told_and_pods_are_hardened() -> None:
     owner, spec = _spec("RetrievalStack/support-retrieval")
     job = stack_render.render_index_job(owner, spec, SETTINGS, "abc")
     pod = job["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-        "contextlm.io/executor": "true",
-    }
+    # A GPU Job goes where the GPUs are; the operator's Job placement is for CPU Jobs.
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    corpus_owner, corpus_spec = _spec("Corpus/support-handbook")
+    sync = corpus_render.render_sync_job(corpus_owner, corpus_spec, SETTINGS, "abc")
+    assert sync["spec"]["template"]["spec"]["nodeSelector"] == {"contextlm.io/executor": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
         "tolerations"
     ]
@@ -131,3 +132,74 @@ def test_a_new_index_version_rolls_the_pods() -> None:
 def test_inputs_hash_is_stable(value: Any) -> None:
     assert inputs_hash(value) == inputs_hash(value)
     assert len(inputs_hash(value)) == 10
+
+
+def test_tensorrt_children_request_gpus_on_the_right_nodes(golden: Any) -> None:
+    from contextlm_operator.render import tensorrt
+
+    owner, spec = _spec("AlignedModel/support-llm")
+    config_maps, build = tensorrt.render_engine_build(owner, spec, SETTINGS, "base")
+    golden("tensorrt-engine-job", build)
+    pod = build["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert "contextlm.io/executor" not in pod["nodeSelector"]  # GPU Jobs go where GPUs are
+    builder = next(c for c in pod["initContainers"] if c["name"] == "build")
+    assert builder["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert "trtllm-build" in builder["command"][-1]
+    engine = tensorrt.engine_id(spec, "base")
+    repository, files = tensorrt.repository_config_map(owner, spec, "base", engine)
+    deployment = tensorrt.render_triton_deployment(
+        owner, spec, SETTINGS, revision="base", engine=engine, repository=repository, files=files
+    )
+    golden("tensorrt-triton-deployment", deployment)
+    triton = deployment["spec"]["template"]["spec"]
+    assert triton["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    cache = next(v for v in triton["volumes"] if v["name"] == "cache")
+    assert cache["persistentVolumeClaim"] == {"claimName": "support-llm-cache", "readOnly": True}
+    shm = next(v for v in triton["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert len(config_maps) == 2 and set(repository["data"]) >= {"ensemble__config.pbtxt"}
+
+
+def test_mig_slice_requests_the_mig_resource() -> None:
+    from contextlm.api.aligned_model import AlignedModelSpec
+    from contextlm_operator.render import aligned_model
+
+    spec = AlignedModelSpec.model_validate(
+        {"base": {"model": "m"}, "serving": {"engine": "tensorrt-llm", "migProfile": "1g.10gb"}}
+    )
+    assert aligned_model.gpu_request(spec.serving) == ("nvidia.com/mig-1g.10gb", 1)
+    selector, tolerations = aligned_model.gpu_placement(spec.serving)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+
+
+def test_generator_and_gateway_match_golden(golden: Any) -> None:
+    from contextlm_operator.render import aligned_model, contextual_deployment
+
+    owner, spec = _spec("AlignedModel/support-llm")
+    cpu = spec.model_copy(deep=True)
+    cpu.serving.engine = "transformers"
+    cpu.serving.gpus, cpu.serving.quantization, cpu.serving.tensor_parallel = None, "none", 1
+    golden(
+        "generator-deployment",
+        aligned_model.render_generator_deployment(owner, cpu, SETTINGS, "rev-1"),
+    )
+    cd_owner, cd_spec = _spec("ContextualDeployment/support-assistant")
+    config = contextual_deployment.gateway_config(
+        cd_owner,
+        cd_spec,
+        SETTINGS,
+        retriever_url="http://r",
+        generator_url="http://g:8000",
+        generator_grpc="g:8001",
+        tokenizer="models/llama",
+        model_revision="rev-1",
+    )
+    _, deployment = contextual_deployment.render_gateway(cd_owner, cd_spec, SETTINGS, config)
+    golden("gateway-deployment", deployment)
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CONTEXTLM_FEEDBACK_DSN"]["valueFrom"]["secretKeyRef"]["name"] == "feedback-postgres"
+    assert env["CONTEXTLM_API_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "apiKey"
+    assert "replicas" not in deployment["spec"]  # autoscaled
+    _, job = contextual_deployment.render_migrate(cd_owner, cd_spec, SETTINGS, "abc")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "migrate"

@@ -126,5 +126,25 @@ def write_status(
         kube.patch_status(body, changed)
     for cond in turned_false:
         kube.event(body, type_="Warning", reason=cond["reason"], message=cond["message"])
-    metrics.record_phase(body, phase)
+    ready = any(c["type"] == conditions.READY and c["status"] == "True" for c in merged)
+    metrics.record_phase(body, phase, ready=ready)
     return phase
+
+
+def record_job_outcome(
+    body: dict[str, Any],
+    component: str,
+    outcome: JobOutcome,
+    *,
+    condition_type: str,
+    already_recorded: bool,
+) -> None:
+    """Count a finished Job the first time its outcome reaches the owner's status, so a
+    restarted operator reading the same status counts nothing again. A success is new
+    unless the caller has it recorded; a failure is new unless the condition says so."""
+    if outcome.state == "succeeded" and not already_recorded:
+        metrics.job_finished(body, component, "succeeded")
+    elif outcome.state == "failed":
+        previous = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+        if previous.get(condition_type, {}).get("reason") != conditions.Reason.JOB_FAILED:
+            metrics.job_finished(body, component, "failed")

@@ -12,7 +12,14 @@ from ..conditions import READY, SYNCED, Reason, condition, now
 from ..render import corpus as render
 from ..render.common import Owner, labels
 from ..settings import OperatorSettings
-from .common import JobOutcome, ensure_job, job_outcome, prune, write_status
+from .common import (
+    JobOutcome,
+    ensure_job,
+    job_outcome,
+    prune,
+    record_job_outcome,
+    write_status,
+)
 
 
 def reconcile_corpus(body: dict[str, Any], spec: CorpusSpec, settings: OperatorSettings) -> str:
@@ -49,6 +56,9 @@ def reconcile_corpus(body: dict[str, Any], spec: CorpusSpec, settings: OperatorS
         job = render.render_sync_job(owner, spec, settings, inputs)
         ensure_job(job)
         outcome = job_outcome(owner.namespace, job["metadata"]["name"])
+        record_job_outcome(
+            body, render.COMPONENT, outcome, condition_type=SYNCED, already_recorded=False
+        )
         synced, fields = _from_outcome(outcome, inputs)
     fields.update(_latest_refresh(owner, status))
     merged = {**status, **fields}

@@ -14,7 +14,7 @@ from ..render import retrieval_stack as render
 from ..render.common import Owner, labels, selector
 from ..settings import OperatorSettings
 from .children import apply_hpa
-from .common import ensure_job, job_outcome, prune, write_status
+from .common import ensure_job, job_outcome, prune, record_job_outcome, write_status
 from .workloads import selector_string, serving_conditions
 
 
@@ -49,7 +49,7 @@ def reconcile_retrieval_stack(
     if status.get("indexInputs") == inputs and built:
         index = condition(INDEX_BUILT, True, Reason.INDEX_PUBLISHED, f"index {built}")
     else:
-        index, fields = _build(owner, spec, settings, snapshot, built, inputs)
+        index, fields = _build(body, owner, spec, settings, snapshot, built, inputs)
         built = fields.get("builtIndexVersion", built)
         keep_config.add(f"{owner.name}-index-{inputs}")
     prune(owner.namespace, "ConfigMap", "v1", labels(owner, render.INDEX), keep=keep_config)
@@ -67,6 +67,7 @@ def reconcile_retrieval_stack(
 
 
 def _build(
+    body: dict[str, Any],
     owner: Owner,
     spec: RetrievalStackSpec,
     settings: OperatorSettings,
@@ -88,6 +89,9 @@ def _build(
     job = render.render_index_job(owner, spec, settings, inputs)
     ensure_job(job)
     outcome = job_outcome(owner.namespace, job["metadata"]["name"])
+    record_job_outcome(
+        body, render.INDEX, outcome, condition_type=INDEX_BUILT, already_recorded=False
+    )
     if outcome.state == "succeeded" and outcome.result and "indexVersion" in outcome.result:
         version = outcome.result["indexVersion"]
         fields = {

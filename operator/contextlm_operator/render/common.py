@@ -207,7 +207,10 @@ def job(
     backoff_limit: int = 2,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A run-to-completion component; its result is the container's termination message."""
+    """A run-to-completion component; its result is the container's termination message.
+    The operator's Job placement (e2e steers Jobs to its executor node) applies to CPU
+    Jobs only: a Job that requests GPUs goes where GPUs are."""
+    gpu = any("nvidia.com/" in k for k in resource_spec.get("limits", {}))
     container = {
         "name": component,
         "image": settings.image,
@@ -239,8 +242,8 @@ def job(
                     container=container,
                     config_map_name=config_map_name,
                     placement=placement,
-                    extra_node_selector=settings.job_node_selector,
-                    extra_tolerations=settings.job_tolerations,
+                    extra_node_selector=None if gpu else settings.job_node_selector,
+                    extra_tolerations=None if gpu else settings.job_tolerations,
                     restart_policy="Never",
                 ),
             },
