@@ -20,6 +20,7 @@ from contextlm.api import (
     GROUP,
     VERSION,
     AlignedModelSpec,
+    AlignmentRunSpec,
     ContextualDeploymentSpec,
     CorpusSpec,
     RetrievalStackSpec,
@@ -28,6 +29,7 @@ from contextlm.api.validation import field_errors
 
 from . import conditions, kube, metrics
 from .reconcile.aligned_model import reconcile_aligned_model
+from .reconcile.alignment_run import reconcile_alignment_run
 from .reconcile.common import object_lock, write_status
 from .reconcile.contextual_deployment import reconcile_contextual_deployment
 from .reconcile.corpus import reconcile_corpus
@@ -103,6 +105,7 @@ def _register(kind: str, plural: str, spec_model: type[BaseModel], reconciler: R
 _register("Corpus", "corpora", CorpusSpec, reconcile_corpus)
 _register("RetrievalStack", "retrievalstacks", RetrievalStackSpec, reconcile_retrieval_stack)
 _register("AlignedModel", "alignedmodels", AlignedModelSpec, reconcile_aligned_model)
+_register("AlignmentRun", "alignmentruns", AlignmentRunSpec, reconcile_alignment_run)
 _register(
     "ContextualDeployment",
     "contextualdeployments",

@@ -12,6 +12,7 @@ from ..conditions import Reason, condition
 from ..render import aligned_model as render
 from ..render.common import Owner, labels, selector
 from ..settings import OperatorSettings
+from .alignment_trigger import maybe_trigger
 from .children import apply_hpa
 from .common import prune, write_status
 from .workloads import selector_string, serving_conditions
@@ -39,6 +40,7 @@ def reconcile_aligned_model(
         fields, conds = serve_tensorrt(owner, spec, settings, revision, status)
     else:
         fields, conds = _serve_transformers(owner, spec, settings, revision, status)
+    fields.update(maybe_trigger(owner, spec, status))
     ready = next(c for c in conds if c["type"] == "Ready")
     progressing = "Ready" if ready["status"] == "True" else "Deploying"
     return write_status(body, fields=fields, new_conditions=conds, progressing=progressing)

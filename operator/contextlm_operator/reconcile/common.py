@@ -111,15 +111,17 @@ def write_status(
     fields: dict[str, Any],
     new_conditions: list[dict[str, Any]],
     progressing: str,
+    phase: str | None = None,
 ) -> str:
-    """Merge conditions, derive the phase, emit Events for conditions that turned False,
-    and patch status only if something changed. Returns the phase."""
+    """Merge conditions, derive the phase (unless a lifecycle `phase` is given), emit
+    Events for conditions that turned False, and patch status only if something
+    changed. Returns the phase."""
     current = body.get("status") or {}
     generation = body["metadata"].get("generation", 0)
     merged, turned_false = conditions.merge(
         current.get("conditions", []), new_conditions, generation
     )
-    phase = conditions.phase(merged, progressing=progressing)
+    phase = phase or conditions.phase(merged, progressing=progressing)
     desired = {**fields, "conditions": merged, "phase": phase, "observedGeneration": generation}
     changed = {k: v for k, v in desired.items() if current.get(k) != v}
     if changed:

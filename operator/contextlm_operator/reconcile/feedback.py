@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import threading
+from datetime import datetime
 from typing import Any
 
 from contextlm.api.common import SecretKeySelector
@@ -32,8 +33,11 @@ def read_secret_key(namespace: str, ref: SecretKeySelector) -> str | None:
     return base64.b64decode(raw).decode() if raw else None
 
 
-def feedback_counts(namespace: str, deployment: str, dsn: str) -> dict[str, int] | None:
-    """{up, down, corrections} of one deployment, or None if the store can't be read."""
+def feedback_counts(
+    namespace: str, deployment: str, dsn: str, *, since: datetime | None = None
+) -> dict[str, int] | None:
+    """{up, down, corrections} of one deployment (since a time), or None if the store
+    can't be read."""
     from contextlm.runtime.feedback.store import FeedbackStore, StoreUnavailable
 
     key = f"{dsn}#{namespace}/{deployment}"
@@ -43,7 +47,7 @@ def feedback_counts(namespace: str, deployment: str, dsn: str) -> dict[str, int]
             store = FeedbackStore.open(dsn, deployment=f"{namespace}/{deployment}", pool_size=1)
             _stores[key] = store
     try:
-        counts = store.counts()
+        counts = store.counts(since=since)
     except StoreUnavailable as exc:
         log.warning("feedback store of %s/%s unavailable: %s", namespace, deployment, exc)
         return None
