@@ -16,6 +16,7 @@ test).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -33,11 +34,13 @@ from harness.cluster import (
     REPO,
     Cluster,
     OperatorProcess,
+    free_port,
     run_operator,
     start_cluster,
     stop_cluster,
     wait_for,
 )
+from harness.s3 import S3
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +93,87 @@ def operator(cluster: Cluster, operator_kubeconfig: Path, tmp_path: Path) -> Ite
             return stack.enter_context(run_operator(cluster, *args, **kwargs))
 
         yield start
+
+
+DOCS = {
+    "handbook/returns.md": "# Returns\n\nCustomers may return a device within 30 days of delivery"
+    " for a full refund. The device must be in its original packaging.\n",
+    "handbook/warranty.md": "# Warranty\n\nEvery device carries a two-year limited warranty"
+    " covering manufacturing defects. Water damage is not covered.\n",
+    "handbook/support.txt": "Phone support is available on Business and Enterprise plans,"
+    " Monday to Friday.\n",
+}
+
+
+@pytest.fixture
+def s3(cluster: Cluster) -> S3:
+    return S3(
+        cluster.env["CONTEXTLM_E2E_S3_ENDPOINT"],
+        cluster.env["CONTEXTLM_E2E_S3_ACCESS_KEY"],
+        cluster.env["CONTEXTLM_E2E_S3_SECRET_KEY"],
+        cluster.env["CONTEXTLM_E2E_S3_REGION"],
+    )
+
+
+@pytest.fixture
+def system(
+    cluster: Cluster,
+    crds: list[str],
+    namespace: str,
+    s3: S3,
+    operator: Callable[..., OperatorProcess],
+) -> Iterator[dict[str, Any]]:
+    """A namespace with the store Secret, a source bucket with documents, and the
+    operator watching it with an S3 artifact store."""
+    artifacts = f"artifacts-{uuid.uuid4().hex[:8]}"
+    source = f"docs-{uuid.uuid4().hex[:8]}"
+    s3.make_bucket(artifacts)
+    s3.make_bucket(source)
+    for key, text in DOCS.items():
+        s3.put(source, key, text.encode())
+    creds = {
+        "accessKey": cluster.env["CONTEXTLM_E2E_S3_ACCESS_KEY"],
+        "secretKey": cluster.env["CONTEXTLM_E2E_S3_SECRET_KEY"],
+    }
+    for name in ("contextlm-store", "docs-s3"):
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace},
+                "stringData": creds,
+            }
+        )
+    port = free_port()
+    env = {
+        "CONTEXTLM_STORE_KIND": "s3",
+        "CONTEXTLM_STORE_ENDPOINT": cluster.env["CONTEXTLM_E2E_S3_ENDPOINT"],
+        "CONTEXTLM_STORE_BUCKET": artifacts,
+        "CONTEXTLM_S3_ACCESS_KEY": creds["accessKey"],
+        "CONTEXTLM_S3_SECRET_KEY": creds["secretKey"],
+        "CONTEXTLM_RECONCILE_INTERVAL": "3",
+        "CONTEXTLM_COMMAND": json.dumps(["contextlm"]),
+        "CONTEXTLM_IMAGE": "registry.invalid/contextlm/e2e:none",
+    }
+    op = operator(
+        command=[
+            sys.executable,
+            "-m",
+            "contextlm_operator.main",
+            "--all-namespaces",
+            "--standalone",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
+        ],
+        env=env,
+    )
+    yield {
+        "namespace": namespace,
+        "artifacts": artifacts,
+        "source": source,
+        "operator": op,
+        "metrics": f"http://127.0.0.1:{port}/metrics",
+    }
+    op.assert_alive()

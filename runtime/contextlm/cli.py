@@ -46,6 +46,7 @@ def _validate(args: argparse.Namespace) -> int:
 # optionally `add_arguments(parser)` for options of its own; it is imported only when
 # its subcommand runs, so one component's dependencies never break another command.
 COMPONENTS: dict[str, tuple[str, str]] = {
+    "up": ("contextlm.embedded", "run a resource set on this machine: the embedded default"),
     "artifact": ("contextlm.runtime.artifact", "pull an artifact from the store or push one"),
     "sync": ("contextlm.runtime.sync", "fetch, extract and chunk a corpus into a snapshot"),
     "index": ("contextlm.runtime.index", "embed a snapshot and build its indexes"),
