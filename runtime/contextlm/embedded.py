@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,10 @@ class Embedded:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise EmbeddedError(f"{component} exited ({proc.returncode}); log: {log.name}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(ready_url, timeout=2) as answer:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(ready_url, timeout=2) as answer,
+            ):
                 if answer.status == 200:
                     return
             time.sleep(0.5)
@@ -189,6 +193,7 @@ def running(
             tokenizer=model.spec.base.model, model_revision=model.spec.base.revision,
             store=run.store, cache_dir=str(data_dir / "cache" / "gateway"),
             sqlite_path=str(data_dir / "feedback.db"), host=host, port=port,
+            request_timeout_s=600,  # a laptop CPU may take minutes for a long answer
         ), f"http://127.0.0.1:{port}/readyz")  # fmt: skip
         yield f"http://{host}:{port}"
     finally:
@@ -215,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             if args.check:
-                return _check(url)
+                _check(url)
+                return 0
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
@@ -230,12 +236,17 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=300) as response:
-        answer: dict[str, Any] = json.loads(response.read())
-        return answer
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
+    except urllib.error.HTTPError as exc:
+        raise EmbeddedError(
+            f"{url} answered {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from None
 
 
-def _check(url: str) -> int:
+def _check(url: str) -> None:
     answer = _post(f"{url}/v1/query", {"question": "How long do I have to return a device?"})
     print(json.dumps(answer, indent=2))
     feedback = _post(
@@ -243,4 +254,3 @@ def _check(url: str) -> int:
         {"query_id": answer["query_id"], "rating": "up", "idempotency_key": answer["query_id"]},
     )
     print(json.dumps(feedback, indent=2))
-    return 0
