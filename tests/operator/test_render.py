@@ -169,7 +169,7 @@ def test_mig_slice_requests_the_mig_resource() -> None:
         {"base": {"model": "m"}, "serving": {"engine": "tensorrt-llm", "migProfile": "1g.10gb"}}
     )
     assert aligned_model.gpu_request(spec.serving) == ("nvidia.com/mig-1g.10gb", 1)
-    selector, tolerations = aligned_model.gpu_placement(spec.serving)
+    _selector, tolerations = aligned_model.gpu_placement(spec.serving)
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
 
 
@@ -203,3 +203,49 @@ def test_generator_and_gateway_match_golden(golden: Any) -> None:
     assert "replicas" not in deployment["spec"]  # autoscaled
     _, job = contextual_deployment.render_migrate(cd_owner, cd_spec, SETTINGS, "abc")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][0] == "migrate"
+
+
+def test_alignment_run_steps_are_jobs_with_the_right_inputs() -> None:
+    from contextlm.api.alignment_run import AlignmentRunSpec
+    from contextlm_operator.render import alignment_run
+
+    _, model = _spec("AlignedModel/support-llm")
+    _, deployment = _spec("ContextualDeployment/support-assistant")
+    run = AlignmentRunSpec.model_validate({"modelRef": {"name": "support-llm"}})
+    owner = Owner("contextlm.io/v1alpha1", "AlignmentRun", "support-llm-1", "support", "u")
+    jobs = {}
+    for step in alignment_run.STEPS:
+        config = alignment_run.step_config(
+            owner, step, run=run, model=model, deployment=("support-assistant", deployment),
+            base_revision="base", candidate="rev-2", retriever_url="http://r", settings=SETTINGS,
+        )  # fmt: skip
+        _cm, job = alignment_run.render_step(
+            owner, step, config, model=model, deployment=deployment, settings=SETTINGS
+        )
+        assert job["metadata"]["name"] == f"support-llm-1-{step}"
+        jobs[step] = (config, job["spec"]["template"]["spec"])
+    export_env = {e["name"] for e in jobs["export"][1]["containers"][0]["env"]}
+    assert "CONTEXTLM_FEEDBACK_DSN" in export_env
+    assert jobs["export"][0]["feedback"]["deployment"] == "support/support-assistant"
+    assert jobs["train"][0]["merge"] is True  # TensorRT-LLM engines are built from merged weights
+    assert jobs["train"][0]["alignment"]["method"] == "kto"
+    assert jobs["train"][1]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nodeSelector" not in jobs["train"][1]  # a GPU Job is not steered to the CPU executor
+    assert jobs["evaluate"][0]["candidate_revision"] == "rev-2"
+    mounts = {m["name"] for m in jobs["evaluate"][1]["containers"][0]["volumeMounts"]}
+    assert "evaluation" in mounts
+    assert jobs["export"][1]["nodeSelector"] == {"contextlm.io/executor": "true"}
+
+
+def test_the_newest_promoted_revision_is_the_target() -> None:
+    from contextlm_operator.reconcile.aligned_model import target_revision
+
+    _, model = _spec("AlignedModel/support-llm")
+    assert target_revision(model, {}) == "base"
+    history = [
+        {"id": "r1", "created": "2026-01-01T00:00:00Z", "promoted": True},
+        {"id": "r2", "created": "2026-01-02T00:00:00Z", "promoted": False},
+        {"id": "r3", "created": "2026-01-03T00:00:00Z", "promoted": True},
+        {"id": "r4", "created": "2026-01-04T00:00:00Z", "promoted": False},
+    ]
+    assert target_revision(model, {"revisions": history}) == "r3"
