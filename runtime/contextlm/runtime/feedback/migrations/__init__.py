@@ -1,0 +1,1 @@
+"""Alembic environment of the feedback store (run by `contextlm migrate`)."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of the feedback store, oldest first."""
