@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from servers import PostgresServer, S3Server, run_minio, run_postgres
 
 ROOT = Path(__file__).resolve().parent.parent

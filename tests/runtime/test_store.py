@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import S3Server
 
 from contextlm.runtime.store import (
     ArtifactStore,
@@ -16,7 +17,6 @@ from contextlm.runtime.store import (
     StoreError,
     check_key,
 )
-from servers import S3Server
 
 
 @pytest.fixture(params=["local", "s3"])
