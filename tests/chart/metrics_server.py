@@ -29,10 +29,15 @@ def record_operator_activity() -> None:
         ("AlignmentRun", "support", "run-1", "Training"),
     ):
         body = {"kind": kind, "metadata": {"namespace": namespace, "name": name}}
-        metrics.record_phase(body, phase)
+        metrics.record_phase(body, phase, ready=phase == "Ready")
         metrics.RECONCILES.labels(kind=kind, outcome="success").inc(3)
         metrics.RECONCILE_DURATION.labels(kind=kind).observe(0.02)
     metrics.RECONCILES.labels(kind="RetrievalStack", outcome="error").inc()
+    corpus = {"kind": "Corpus", "metadata": {"namespace": "support", "name": "handbook"}}
+    metrics.job_finished(corpus, "sync", "succeeded")
+    metrics.ALIGNMENT_RUNS.labels("support", "support-llm", "promoted").inc()
+    metrics.ALIGNMENT_SCORE.labels("support", "support-llm", "candidate").set(0.71)
+    metrics.ALIGNMENT_SCORE.labels("support", "support-llm", "baseline").set(0.64)
 
 
 def serve_retriever_metrics(port: int) -> None:
