@@ -450,13 +450,25 @@ def test_termination_message_always_fits_kubelets_limit() -> None:
 
 
 def test_a_pvc_path_that_climbs_out_of_the_volume_is_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
     from contextlm.runtime.sources import SourceError, open_source
 
+    # The resource API refuses it (and the CRD's CEL rule at kubectl apply) ...
+    with pytest.raises(ValidationError, match="path must stay inside the volume"):
+        sync_config(
+            tmp_path,
+            source={"pvc": {"claimName": "docs", "path": "/../etc"}},
+            source_path=str(tmp_path / "src"),
+        )
+    # ... and the sync still refuses a config that skipped validation.
     config = sync_config(
         tmp_path,
-        source={"pvc": {"claimName": "docs", "path": "/../etc"}},
+        source={"pvc": {"claimName": "docs", "path": "/docs"}},
         source_path=str(tmp_path / "src"),
     )
+    assert config.spec.source.pvc is not None
+    object.__setattr__(config.spec.source.pvc, "path", "/../etc")
     with pytest.raises(SourceError, match="leaves the volume") as failure:
         open_source(config)
     assert failure.value.reason == "InvalidConfig"
