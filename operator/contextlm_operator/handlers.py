@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from contextlm.api import (
@@ -73,20 +74,27 @@ def run(kind: str, spec_model: type[BaseModel], reconciler: Reconciler, body: An
             return
         try:
             reconciler(fresh, spec, SETTINGS)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ApiException) and _going_away(exc):
+                # Its namespace is being deleted: nothing is left to do, and no error.
+                log.info("%s %s/%s is going away: %s", kind, *_names(obj), exc.reason)
+                return
             outcome = "error"
-            log.exception(
-                "reconcile of %s %s/%s failed",
-                kind,
-                obj["metadata"]["namespace"],
-                obj["metadata"]["name"],
-            )
+            log.exception("reconcile of %s %s/%s failed", kind, *_names(obj))
             raise kopf.TemporaryError(
                 "reconcile failed; retrying", delay=SETTINGS.reconcile_interval
             ) from None
         finally:
             metrics.RECONCILES.labels(kind=kind, outcome=outcome).inc()
             metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+def _names(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def _going_away(exc: ApiException) -> bool:
+    return exc.status == 404 or (exc.status == 403 and "NamespaceTerminating" in str(exc.body))
 
 
 def _register(kind: str, plural: str, spec_model: type[BaseModel], reconciler: Reconciler) -> None:
