@@ -211,6 +211,7 @@ def tiny_feedback(n: int = 12) -> list[Any]:
     """Thumbs and corrections over the tiny model's five-word vocabulary."""
     start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     words = ["a", "b", "c", "d", "e"]
+    ids = random.Random(f"tiny-{n}")
     rows = []
     for i in range(n):
         prompt = " ".join(words[(i + k) % 5] for k in range(3))
@@ -225,6 +226,7 @@ def tiny_feedback(n: int = 12) -> list[Any]:
                 rating=rating,
                 correction=correction,
                 at=start + dt.timedelta(seconds=i),
+                ids=ids,
             )
         )
     return rows

@@ -43,10 +43,12 @@ from contextlm.runtime.evaluate import evaluate
 from contextlm.runtime.store import LocalStore, StoreConfig
 from contextlm.runtime.train import train
 
-FEEDBACK = 240  # about 48 of them held out (fraction 0.2, by query id)
-HELD_OUT = 0.2
-STEPS, BATCH = 12, 4
-MIN_IMPROVEMENT = 0.1  # about twice the chance fluctuation of ~48 held-out rows
+FEEDBACK = 300  # about 75 of them held out (by query id)
+HELD_OUT = 0.25
+STEPS, BATCH = 16, 4
+# A candidate that learned nothing ranks ~75 held-out rows at 0.5 ± 0.07 (the AUC's
+# standard error for ~37 up and ~37 down rows): the gate asks for twice that.
+MIN_IMPROVEMENT = 0.15
 GATE = {"metric": "preference-accuracy", "minImprovement": MIN_IMPROVEMENT}
 
 
@@ -100,10 +102,10 @@ def run_loop(tmp_path: Path, base: Path, rows: list[Any], method: str) -> dict[s
 def test_kto_learns_the_rule_and_the_gate_promotes(tmp_path: Path, base: Path) -> None:
     result = run_loop(tmp_path, base, thumbs_stream(FEEDBACK, seed=11), "kto")
     candidate, baseline = result["scores"]["candidate"], result["scores"]["baseline"]
-    assert candidate["thumbs"] >= 40
+    assert candidate["thumbs"] >= 60
     assert (baseline["preferenceAccuracy"], baseline["rewardMargin"]) == (0.5, 0.0)
-    assert candidate["preferenceAccuracy"] >= 0.65
-    assert candidate["rewardMargin"] >= 0.1
+    assert candidate["preferenceAccuracy"] >= 0.5 + MIN_IMPROVEMENT
+    assert candidate["rewardMargin"] >= 0.15
     assert result["decision"] == "Promote"
 
 
@@ -120,7 +122,7 @@ def test_apo_zero_on_corrections_raises_the_corrected_answers_likelihood(
 ) -> None:
     result = run_loop(tmp_path, base, correction_stream(FEEDBACK, seed=12), "apo-zero")
     candidate, baseline = result["scores"]["candidate"], result["scores"]["baseline"]
-    assert candidate["pairs"] >= 40 and candidate["thumbs"] == candidate["pairs"]
+    assert candidate["pairs"] >= 60 and candidate["thumbs"] == candidate["pairs"]
     # log π(correction) − log π(original), averaged over held-out pairs, rises
     assert candidate["pairLogpGap"] >= baseline["pairLogpGap"] + 1.0
     assert candidate["pairAccuracy"] >= 0.7

@@ -495,11 +495,13 @@ def gate(
             "decision": "Reject",
             "reason": f"{metric} could not be scored: no held-out feedback or evaluation set for it",
         }
+    # Decide on the scores as recorded, so the decision can be checked from the record.
+    candidate, baseline = round(candidate, 6), round(baseline, 6)
     passed = candidate - baseline >= min_improvement - GATE_EPSILON
     return {
         **decision,
-        "candidateScore": round(candidate, 6),
-        "baselineScore": round(baseline, 6),
+        "candidateScore": candidate,
+        "baselineScore": baseline,
         "decision": "Promote" if passed else "Reject",
     }
 

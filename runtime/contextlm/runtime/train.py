@@ -273,9 +273,23 @@ def _common_args(hyper: Hyper, output_dir: Path) -> dict[str, Any]:
         # Weights stay float32; on a GPU with bfloat16 the matmuls run in it (autocast).
         "bf16": cuda and torch.cuda.is_bf16_supported(),
         "fp16": False,
-        "activation_checkpointing": hyper.gradient_checkpointing,
+        _checkpointing_arg(): hyper.gradient_checkpointing,
         "dataloader_num_workers": 0,
     }
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5 renamed `gradient_checkpointing` (still accepted, with a warning)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
 
 
 def _frozen_copy(model: Any) -> Any:
