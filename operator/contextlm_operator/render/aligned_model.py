@@ -25,6 +25,7 @@ from .common import (
     pod_spec,
     resources,
     selector,
+    service,
     store_env,
 )
 
@@ -160,18 +161,7 @@ def render_generator_deployment(
 
 def render_service(owner: Owner, component: str) -> dict[str, Any]:
     """KServe v2 endpoints on Triton's ports, for either engine."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, f"{owner.name}-{component}", component),
-        "spec": {
-            "selector": selector(owner, component),
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
-            ],
-        },
-    }
+    return service(owner, component, {"http": HTTP_PORT, "grpc": GRPC_PORT})
 
 
 def endpoint(owner: Owner, component: str) -> str:

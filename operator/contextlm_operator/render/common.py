@@ -280,3 +280,17 @@ def hpa(owner: Owner, component: str, scaling: Autoscaling) -> dict[str, Any]:
             ],
         },
     }
+
+
+def service(owner: Owner, component: str, ports: dict[str, int]) -> dict[str, Any]:
+    """The component's Service `<resource>-<component>`: each named port to the
+    container port of the same name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, f"{owner.name}-{component}", component),
+        "spec": {
+            "selector": selector(owner, component),
+            "ports": [{"name": n, "port": p, "targetPort": n} for n, p in ports.items()],
+        },
+    }

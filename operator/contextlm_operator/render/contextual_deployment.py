@@ -20,6 +20,7 @@ from .common import (
     pod_spec,
     resources,
     selector,
+    service,
     store_env,
 )
 
@@ -174,15 +175,7 @@ def render_gateway(
 
 
 def render_gateway_service(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, f"{owner.name}-gateway", GATEWAY),
-        "spec": {
-            "selector": selector(owner, GATEWAY),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-        },
-    }
+    return service(owner, GATEWAY, {"http": 80})
 
 
 def endpoint(owner: Owner) -> str:

@@ -19,6 +19,7 @@ from .common import (
     pod_spec,
     resources,
     selector,
+    service,
     store_env,
 )
 
@@ -154,15 +155,7 @@ def render_retriever_deployment(
 
 
 def render_retriever_service(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(owner, f"{owner.name}-retriever", RETRIEVER),
-        "spec": {
-            "selector": selector(owner, RETRIEVER),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-        },
-    }
+    return service(owner, RETRIEVER, {"http": 80})
 
 
 def endpoint(owner: Owner) -> str:
