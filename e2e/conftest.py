@@ -160,7 +160,10 @@ def system(
             sys.executable,
             "-m",
             "contextlm_operator.main",
-            "--all-namespaces",
+            # Its own namespace only: other tests (and bench/operator_scale.py) may share
+            # the cluster, and an operator watching everything would reconcile theirs.
+            "--namespace",
+            namespace,
             "--standalone",
             "--metrics-host",
             "127.0.0.1",

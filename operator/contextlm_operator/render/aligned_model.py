@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from contextlm.api.aligned_model import AlignedModelSpec, ModelServing
-from contextlm.runtime.artifacts import revision_prefix
 from contextlm.runtime.config import GeneratorConfig
 
 from ..settings import OperatorSettings
@@ -33,13 +32,6 @@ GENERATOR = "generator"
 HTTP_PORT, GRPC_PORT = 8000, 8001
 BASE_REVISION = "base"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def adapter_path(owner: Owner, revision: str) -> str | None:
-    """Store path of a trained revision's LoRA adapter; the base revision has none."""
-    if revision == BASE_REVISION:
-        return None
-    return f"{revision_prefix(owner.namespace, owner.name, revision)}/adapter"
 
 
 def gpu_request(serving: ModelServing) -> tuple[str, int]:
@@ -74,7 +66,8 @@ def render_generator_config_map(
     config = GeneratorConfig(
         model=spec.base.model,
         revision=revision,
-        adapter=adapter_path(owner, revision),
+        namespace=owner.namespace,
+        aligned_model=owner.name,
         store=settings.store,
         cache_dir=f"{WORK_DIR}/models",
         http_port=HTTP_PORT,

@@ -156,11 +156,22 @@ class GeneratorConfig(BaseModel):
         description="Model to load: models/<name> in the store, a local directory, a local"
         " .gguf file or a packaged name (see contextlm.runtime.models)."
     )
-    revision: str = Field(default="base", description="Revision served (reported in metrics).")
+    revision: str = Field(
+        default="base",
+        description="Revision served: `base` (the model as named), or, with `alignedModel`,"
+        " a revision that `contextlm train` published under"
+        " revisions/<namespace>/<alignedModel>/<revision>/ (loaded with its adapter merged).",
+    )
+    namespace: str = Field(default="default", description="Namespace of the AlignedModel.")
+    aligned_model: str | None = Field(
+        default=None,
+        description="AlignedModel whose trained revisions `revision` names; empty: `revision`"
+        " is only a label.",
+    )
     adapter: str | None = Field(
         default=None,
         description="Optional PEFT LoRA adapter (a directory or models/<name> in the store)"
-        " merged into the weights at load time, for aligned revisions.",
+        " merged into the weights at load time (for adapters made outside contextlm).",
     )
     store: StoreConfig = Field(default_factory=StoreConfig)
     cache_dir: str = Field(

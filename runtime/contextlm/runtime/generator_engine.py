@@ -7,12 +7,7 @@ imported inside functions so the protocol layers (and their tests) never pay for
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import GeneratorConfig
-from .models import ModelFiles, resolve_model, resolve_model_files
+from .models import resolve_model
 from .store import open_store
 
 if TYPE_CHECKING:
@@ -235,65 +230,42 @@ def _dtype(name: str, device: str) -> Any:
     return getattr(torch, name)
 
 
-def converted_gguf(files: ModelFiles, cache_dir: Path) -> Path:
-    """Convert GGUF weights to a transformers checkpoint once, in the cache.
-
-    transformers de-quantizes GGUF on every load and rebuilds the tokenizer from the GGUF
-    vocabulary, which costs tens of seconds on a busy CPU; a second start (a restarted
-    pod with the same cache volume, the next test) loads the saved copy in one.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    assert files.gguf_file is not None
-    source = files.directory / files.gguf_file
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    target = cache_dir / "gguf" / f"{source.stem}-{key.hexdigest()[:12]}"
-    if (target / ".complete").exists():
-        return target
-    log.info("converting %s once into %s", source, target)
-    tokenizer = AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(files.directory, gguf_file=files.gguf_file)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        # save_pretrained refuses a model loaded from GGUF (its quantizer says it cannot be
-        # serialised), but the weights are plain de-quantized tensors by now: write them
-        # with safetensors (which keeps one copy of tied weights) and the config without
-        # the GGUF quantization entry, so the copy loads as an ordinary checkpoint.
-        from safetensors.torch import save_model
-
-        save_model(model, str(scratch / "model.safetensors"))
-        settings = model.config.to_dict()
-        settings.pop("quantization_config", None)
-        (scratch / "config.json").write_text(json.dumps(settings, indent=2))
-        model.generation_config.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        (scratch / ".complete").touch()
-        try:
-            os.rename(scratch, target)  # atomic: a concurrent converter may have won
-        except OSError:
-            if not (target / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
 def load_engine(config: GeneratorConfig) -> Engine:
-    """Find the weights (store, disk or a package), load them, merge an adapter."""
+    """Find the weights (store, disk or a package), load the revision, merge adapters.
+
+    The base checkpoint and trained revisions are loaded exactly as `contextlm train` and
+    `contextlm evaluate` load them (`revisions.Loader`), so what was evaluated is what
+    serves: a revision is its adapter merged over `adapterBase`, or its merged weights.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .revisions import BASE, Loader, base_checkpoint
 
     if config.threads:
         torch.set_num_threads(config.threads)
     cache = Path(config.cache_dir).expanduser()
-    store = open_store(config.store) if config.model.startswith("models/") else None
-    files = resolve_model_files(config.model, store=store, cache_dir=cache)
-    directory = converted_gguf(files, cache) if files.gguf_file else files.directory
+    trained = config.aligned_model is not None and config.revision != BASE
+    uses_store = trained or config.model.startswith("models/")
+    store = open_store(config.store) if uses_store else None
     device = pick_device(config.device)
+    dtype = _dtype(config.dtype, device)
+    model: Any
+    if trained:
+        assert config.aligned_model is not None
+        loader = Loader(
+            store,
+            namespace=config.namespace,
+            model=config.aligned_model,
+            base_model=config.model,
+            cache_dir=cache,
+        )
+        model = loader.full_model(config.revision, dtype=dtype)
+        directory = loader.base_dir()
+    else:
+        directory = base_checkpoint(config.model, store=store, cache_dir=cache)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model: Any = AutoModelForCausalLM.from_pretrained(directory, dtype=_dtype(config.dtype, device))
     if config.adapter:
         from peft import PeftModel
 

@@ -117,7 +117,8 @@ def _parent(target: Path) -> Path:
 def base_checkpoint(name: str, *, store: ArtifactStore | None, cache_dir: Path) -> Path:
     """A transformers checkpoint directory for the base model; GGUF weights (a packaged
     model) are de-quantized once into the cache, since transformers would redo it (tens
-    of seconds) on every load. Same cache layout as the generator, so they share it."""
+    of seconds) on every load. The generator, trainer and evaluator all load the base
+    through here, so they share one converted copy per cache."""
     from .models import resolve_model_files
 
     files = resolve_model_files(name, store=store, cache_dir=cache_dir)
@@ -125,7 +126,8 @@ def base_checkpoint(name: str, *, store: ArtifactStore | None, cache_dir: Path) 
         return files.directory
     source = files.directory / files.gguf_file
     stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    # "v2": copies written before the config carried `architectures` are not reused.
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:v2".encode())
     target = cache_dir / "gguf" / f"{source.stem}-{key.hexdigest()[:12]}"
     if (target / ".complete").exists():
         return target
