@@ -113,3 +113,30 @@ def _strip_empty(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip_empty(v) for v in value]
     return value
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "schedule"),
+    [
+        ("AlignedModel", ("spec", "alignment", "trigger"), "61 * * * *"),
+        ("AlignedModel", ("spec", "alignment", "trigger"), "* * 32 * *"),
+        ("Corpus", ("spec", "refresh"), "0 3 * * mon-xyz"),
+    ],
+)
+def test_a_cron_schedule_the_crd_pattern_lets_through_is_refused_by_the_operator(
+    kind: str, path: tuple[str, ...], schedule: str
+) -> None:
+    """The CRD checks the five-field shape; each field's range only the models can
+    check, so the operator reports InvalidSpec naming the field (not a crash)."""
+    import copy
+
+    doc = copy.deepcopy(next(d for _, d in EXAMPLES if d["kind"] == kind))
+    node = doc
+    for key in path:
+        node = node.setdefault(key, {})
+    node["schedule"] = schedule
+    with pytest.raises(InvalidResource) as caught:
+        validate_manifest(doc)
+    field = ".".join(path) + ".schedule"
+    assert any(e.path == field for e in caught.value.errors), str(caught.value)
+    assert f"'{schedule}' is not a cron schedule" in str(caught.value)

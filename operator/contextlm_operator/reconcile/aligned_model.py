@@ -40,7 +40,7 @@ def reconcile_aligned_model(
         fields, conds = serve_tensorrt(owner, spec, settings, revision, status)
     else:
         fields, conds = _serve_transformers(owner, spec, settings, revision, status)
-    fields.update(maybe_trigger(owner, spec, status))
+    fields.update(maybe_trigger(owner, spec, status, body["metadata"].get("creationTimestamp")))
     ready = next(c for c in conds if c["type"] == "Ready")
     progressing = "Ready" if ready["status"] == "True" else "Deploying"
     return write_status(body, fields=fields, new_conditions=conds, progressing=progressing)

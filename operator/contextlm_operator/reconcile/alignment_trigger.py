@@ -1,11 +1,15 @@
-"""The AlignedModel's trigger: open an AlignmentRun once enough new feedback arrived.
+"""The AlignedModel's trigger: open an AlignmentRun once enough new feedback arrived,
+or at a scheduled time when any new feedback arrived.
 
 The run is named after the start of its feedback window, so a repeated reconcile opens
 the same run, never a second one; no run opens while another of the model is active.
+A schedule fires at most once per scheduled time: it is due when its latest time (UTC)
+is later than the start of the last run (or the model's creation, before any run).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from contextlm.api import API_VERSION
@@ -19,7 +23,23 @@ from .alignment_run import FINAL, _order, feedback_deployment, runs_of
 from .feedback import feedback_counts, read_secret_key
 
 
-def maybe_trigger(owner: Owner, spec: AlignedModelSpec, status: dict[str, Any]) -> dict[str, Any]:
+def last_scheduled(schedule: str, at: datetime) -> datetime:
+    """The latest time at or before `at` that the cron schedule names (UTC)."""
+    from croniter import croniter
+
+    # get_prev is strictly before its start: start a second later to include `at` itself.
+    latest: datetime = croniter(schedule, at + timedelta(seconds=1)).get_prev(datetime)
+    return latest
+
+
+def schedule_due(schedule: str | None, *, last_start: datetime, at: datetime) -> bool:
+    """Whether a scheduled time passed since `last_start`."""
+    return schedule is not None and last_scheduled(schedule, at) > last_start
+
+
+def maybe_trigger(
+    owner: Owner, spec: AlignedModelSpec, status: dict[str, Any], created: str | None = None
+) -> dict[str, Any]:
     """Status fields to report (new feedback since the last run); opens a run when due."""
     if not spec.alignment.enabled:
         return {}
@@ -44,7 +64,14 @@ def maybe_trigger(owner: Owner, spec: AlignedModelSpec, status: dict[str, Any]) 
         return {}
     fresh = counts["up"] + counts["down"]
     active = any((r.get("status") or {}).get("phase") not in FINAL for r in runs)
-    if fresh >= spec.alignment.trigger.min_feedback and not active:
+    trigger = spec.alignment.trigger
+    started = last["metadata"]["creationTimestamp"] if last is not None else created
+    scheduled = (
+        fresh > 0
+        and started is not None
+        and schedule_due(trigger.schedule, last_start=parse_time(started), at=parse_time(now()))
+    )
+    if (fresh >= trigger.min_feedback or scheduled) and not active:
         window = {"until": now(), **({"since": since} if since else {})}
         run: dict[str, Any] = {
             "apiVersion": API_VERSION,

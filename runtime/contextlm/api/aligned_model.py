@@ -9,6 +9,7 @@ from pydantic import Field
 from .common import (
     CRON,
     Autoscaling,
+    CronSchedule,
     LocalObjectReference,
     Model,
     Placement,
@@ -169,11 +170,12 @@ class Trigger(Model):
         le=10_000_000,
         description="New feedback rows since the last run needed to start one.",
     )
-    schedule: str | None = Field(
+    schedule: CronSchedule | None = Field(
         default=None,
         max_length=128,
         pattern=CRON,
-        description="Also start a run on this cron schedule if minFeedback is met.",
+        description="Cron schedule (UTC): also start a run at these times when any"
+        " feedback arrived since the last run, even below minFeedback.",
     )
 
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .common import (
     CRON,
+    CronSchedule,
     LocalObjectReference,
     Model,
     Name,
@@ -184,7 +185,7 @@ class Extraction(Model):
 class Refresh(Model):
     """Periodic re-sync; a new snapshot is published only when content changed."""
 
-    schedule: str = Field(
+    schedule: CronSchedule = Field(
         max_length=128, pattern=CRON, description="Cron schedule, e.g. '0 3 * * *'."
     )
     suspend: bool = Field(default=False, description="Pause scheduled syncs.")
