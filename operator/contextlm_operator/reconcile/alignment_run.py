@@ -156,14 +156,14 @@ def _get(result: dict[str, Any], *names: str, default: Any = 0) -> Any:
 
 def _step_fields(step: str, result: dict[str, Any]) -> dict[str, Any]:
     if step == render.EXPORT:
-        counts = result.get("counts", result)
+        counts = result["dataset"]  # `contextlm export`'s result line (Counts.status())
         return {
             "dataset": {
-                "desirable": int(_get(counts, "desirable")),
-                "undesirable": int(_get(counts, "undesirable")),
-                "pairs": int(_get(counts, "pairs")),
-                "heldOut": int(_get(counts, "heldOut", "held_out")),
-                "duplicatesDropped": int(_get(counts, "duplicatesDropped", "duplicates_dropped")),
+                "desirable": int(counts["desirable"]),
+                "undesirable": int(counts["undesirable"]),
+                "pairs": int(counts["pairs"]),
+                "heldOut": int(counts["heldOut"]),
+                "duplicatesDropped": int(counts["duplicatesDropped"]),
             }
         }
     if step == render.TRAIN:

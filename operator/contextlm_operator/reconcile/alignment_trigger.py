@@ -9,7 +9,7 @@ is later than the start of the last run (or the model's creation, before any run
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contextlm.api import API_VERSION
@@ -72,7 +72,10 @@ def maybe_trigger(
         and schedule_due(trigger.schedule, last_start=parse_time(started), at=parse_time(now()))
     )
     if (fresh >= trigger.min_feedback or scheduled) and not active:
-        window = {"until": now(), **({"since": since} if since else {})}
+        # To the microsecond: the next window starts here, and a row recorded later in the
+        # same second must not be left for a run of its own.
+        until = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        window = {"until": until, **({"since": since} if since else {})}
         run: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": "AlignmentRun",
