@@ -180,3 +180,8 @@ def system(
         "metrics": f"http://127.0.0.1:{port}/metrics",
     }
     op.assert_alive()
+    # Delete the resources while the operator still runs (as the README's uninstall
+    # order says): kopf's timers put a finalizer on each, and without an operator the
+    # namespace would stay Terminating in a kept cluster.
+    cluster.kubectl("delete", "contextlm", "--all", "-n", namespace, "--wait=true",
+                    "--timeout=90s", check=False, timeout=120)
