@@ -30,7 +30,7 @@ def test_the_table_is_big_enough_and_covers_every_kind() -> None:
 
 
 def test_examples_cover_every_kind_in_both_sets() -> None:
-    for folder in ("examples/production", "examples/embedded"):
+    for folder in ("examples/production", "examples/quickstart"):
         kinds = {doc["kind"] for name, doc in EXAMPLES if name.startswith(folder)}
         assert kinds >= {"Corpus", "RetrievalStack", "AlignedModel", "ContextualDeployment"}
 

@@ -1,49 +1,195 @@
-"""The embedded default: `contextlm up` serves examples/embedded/ on this machine."""
+"""The embedded default: `contextlm up` runs examples/quickstart/ on this machine.
+
+The integration test is the README's first command as a user would try it: the real
+components as local processes (sync, index, retriever, the SmolLM2 generator a package
+ships, gateway), three questions with known answers, feedback, one AlignmentRun, Ctrl-C,
+and a second `up` that reuses the snapshot and index.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import free_port
 
 from contextlm.embedded import EmbeddedError, load_system
+from contextlm.embedded import status as embedded_status
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
+QUESTIONS = {  # question -> the handbook document that answers it
+    "How many days of paid vacation does a full-time employee get?": "vacation.md",
+    "Within how many days must an expense claim be submitted?": "expenses.md",
+    "How many weeks of paid parental leave do parents get?": "parental-leave.md",
+}
 
 
-def test_the_embedded_set_is_one_complete_system(repo_root: Path) -> None:
-    cd, stack, corpus, model = load_system([str(repo_root / "examples/embedded")])
-    assert cd.spec.retrieval_ref.name == stack.metadata.name
-    assert stack.spec.corpus_ref.name == corpus.metadata.name
-    assert model.spec.serving.engine == "transformers"
-
-
-def test_a_set_with_a_missing_reference_is_refused(tmp_path: Path, repo_root: Path) -> None:
-    text = (repo_root / "examples/embedded/system.yaml").read_text()
-    (tmp_path / "s.yaml").write_text(text.replace("name: handbook-retrieval\nspec:", "name: other\nspec:"))
-    with pytest.raises(EmbeddedError, match="RetrievalStack handbook-retrieval"):
-        load_system([str(tmp_path)])
-
-
-def test_contextlm_up_answers_with_citations_and_records_feedback(
-    tmp_path: Path, repo_root: Path
-) -> None:
-    """The README's first command, end to end: sync, index, retriever, generator (the
-    SmolLM2 a package ships) and gateway as local processes; one question; one thumb."""
-    done = subprocess.run(
-        [sys.executable, "-m", "contextlm.cli", "up", "--check", "--data-dir", str(tmp_path),
-         "--port", str(free_port()), str(repo_root / "examples/embedded")],
-        capture_output=True, text=True, timeout=1200, check=False,
+def contextlm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "contextlm.cli", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    blocks = done.stdout[done.stdout.index("\n{") + 1 :]  # the JSON after the banner
-    decoder = json.JSONDecoder()
-    answer, end = decoder.raw_decode(blocks)
-    feedback, _ = decoder.raw_decode(blocks[end:].lstrip())
-    assert answer["query_id"] and answer["recorded"] is True
-    assert answer["context"]["chunks"] >= 1
-    assert answer["index_version"] and answer["model_revision"] == "base"
-    assert feedback["query_id"] == answer["query_id"]
-    assert (tmp_path / "feedback.db").exists()
+
+
+def test_the_quickstart_is_one_complete_system() -> None:
+    system = load_system([str(QUICKSTART)])
+    assert system.deployment.spec.retrieval_ref.name == system.stack.metadata.name
+    assert system.stack.spec.corpus_ref.name == system.corpus.metadata.name
+    assert system.model.spec.serving.engine == "transformers"
+    assert system.corpus.spec.source.config_map is not None
+    folder = system.config_map_dir(system.corpus.spec.source.config_map.name, Path("/nowhere"))
+    assert {p.name for p in folder.iterdir()} >= set(QUESTIONS.values())
+    assert "handbook-eval" in system.config_maps
+
+
+def test_a_set_with_a_missing_reference_is_refused(tmp_path: Path) -> None:
+    text = (QUICKSTART / "system.yaml").read_text()
+    (tmp_path / "s.yaml").write_text(
+        text.replace("name: handbook-retrieval\nspec:", "name: x\nspec:")
+    )
+    with pytest.raises(EmbeddedError, match="RetrievalStack handbook-retrieval"):
+        load_system([str(tmp_path / "s.yaml")])
+
+
+def test_a_malformed_file_fails_with_the_file_and_field_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    text = (QUICKSTART / "system.yaml").read_text().replace("topK: 4", "topK: -3")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    data = tmp_path / "data"
+    done = contextlm("up", "-f", str(bad), "--data-dir", str(data), "--port", str(free_port()),
+                     timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert str(bad) in done.stderr and "spec.topK" in done.stderr, done.stderr
+    assert "RetrievalStack/handbook-retrieval" in done.stderr
+    assert not data.exists(), "nothing may start (or be written) for a malformed file"
+
+
+def test_a_port_in_use_is_reported_clearly(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = contextlm("up", "-f", str(QUICKSTART), "--data-dir", str(tmp_path / "d"),
+                         "--port", str(port), timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr, done.stderr
+    assert not (tmp_path / "d" / "logs").exists()
+
+
+def test_commands_without_a_running_system_say_how_to_start_one(tmp_path: Path) -> None:
+    done = contextlm("ask", "--data-dir", str(tmp_path), "anything?", timeout=60)
+    assert done.returncode == 1 and "contextlm up -f" in done.stderr, done.stderr
+
+
+def test_embedded_reasons_are_the_operators() -> None:
+    from contextlm_operator import conditions
+
+    for name, value in vars(embedded_status.Reason).items():
+        if not name.startswith("_"):
+            assert getattr(conditions.Reason, name) == value, name
+    assert embedded_status.FAILURE_REASONS <= conditions.FAILURE_REASONS
+    for ctype in ("READY", "SYNCED", "INDEX_BUILT", "SERVING", "DEPENDENCIES_READY"):
+        assert getattr(embedded_status, ctype) == getattr(conditions, ctype)
+
+
+def _start(data: Path, port: int, log: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """`contextlm up` in the background; its ready line (--output json)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contextlm.cli", "up", "-f", str(QUICKSTART), "--data-dir",
+         str(data), "--port", str(port), "--output", "json"],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until ready, or EOF if up failed
+    assert line, f"contextlm up exited {proc.wait()}: {log.read_text()[-3000:]}"
+    return proc, json.loads(line)
+
+
+def _stop(proc: subprocess.Popen[str], state: Path) -> None:
+    pids = [p["pid"] for p in json.loads(state.read_text())["processes"].values()]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def _json(done: subprocess.CompletedProcess[str]) -> Any:
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_up_ask_feedback_align_and_a_second_up_reuses_the_index(tmp_path: Path) -> None:
+    data, port = tmp_path / "data", free_port()
+    proc, ready = _start(data, port, tmp_path / "up1.log")
+    try:
+        assert ready["endpoint"] == f"http://127.0.0.1:{port}" and ready["modelRevision"] == "base"
+        d = ("--data-dir", str(data), "--output", "json")
+        answers = []
+        for question, document in QUESTIONS.items():
+            answer = _json(contextlm("ask", *d, question))
+            cited = [c["doc_id"] for c in answer["citations"]]
+            assert cited and cited[0] == document, (question, answer["answer"], cited)
+            answers.append(answer)
+        _json(contextlm("feedback", *d, answers[0]["query_id"], "down", "--correction",
+                        "Full-time employees get 27 days of paid vacation per year [1]."))  # fmt: skip
+        for answer in answers[1:]:
+            _json(contextlm("feedback", *d, answer["query_id"], "up"))
+
+        # minFeedback is 3 in the quickstart: the trigger fires without --force.
+        started = time.monotonic()
+        run = _json(contextlm("align", *d, timeout=1500))
+        status = run["status"]
+        assert status["phase"] in ("Promoted", "Rejected"), status
+        gate = status["gate"]
+        assert gate["metric"] == "answer-overlap"
+        assert 0.0 <= gate["candidateScore"] <= 1.0 and 0.0 <= gate["baselineScore"] <= 1.0
+        assert status["dataset"]["desirable"] + status["dataset"]["undesirable"] == 3
+        assert status["outputRevision"] and status["steps"] >= 1
+        print(f"align took {time.monotonic() - started:.0f}s: {gate}")
+        expected = status["outputRevision"] if status["phase"] == "Promoted" else "base"
+        if status["phase"] == "Promoted":
+            assert run["servingRolledOut"] is True
+        again = _json(contextlm("ask", *d, "How long must a password be?"))
+        assert again["model_revision"] == expected
+
+        items = {(i["kind"], i["name"]): i for i in _json(contextlm("status", *d))["items"]}
+        for kind in ("Corpus", "RetrievalStack", "AlignedModel", "ContextualDeployment"):
+            found = next(i for (k, _), i in items.items() if k == kind)
+            assert found["status"]["phase"] == "Ready", found
+            conditions = {c["type"]: c for c in found["status"]["conditions"]}
+            assert conditions["Ready"]["status"] == "True", found
+            reason = "SnapshotPublished" if kind == "Corpus" else "Available"
+            assert conditions["Ready"]["reason"] == reason, found
+        model = next(i for (k, _), i in items.items() if k == "AlignedModel")["status"]
+        assert model["servingRevision"] == expected
+        assert [r["id"] for r in model["revisions"]] == [status["outputRevision"]]
+        assert items[("AlignmentRun", run["name"])]["status"]["phase"] == status["phase"]
+        deployment = next(i for (k, _), i in items.items() if k == "ContextualDeployment")
+        assert deployment["status"]["feedback"] == {"up": 2, "down": 1, "corrections": 1}
+
+        # No new feedback since the run: the trigger does not fire again.
+        idle = _json(contextlm("align", *d))
+        assert idle["triggered"] is False and "3 more" in idle["reason"]
+    finally:
+        if proc.poll() is None:
+            _stop(proc, data / "state.json")
+
+    proc, ready = _start(data, free_port(), tmp_path / "up2.log")
+    try:
+        log = (tmp_path / "up2.log").read_text()
+        assert "is up to date" in log and "index: version" in log, log[-2000:]
+        assert ready["modelRevision"] == expected
+    finally:
+        _stop(proc, data / "state.json")

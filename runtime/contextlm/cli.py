@@ -46,7 +46,20 @@ def _validate(args: argparse.Namespace) -> int:
 # optionally `add_arguments(parser)` for options of its own; it is imported only when
 # its subcommand runs, so one component's dependencies never break another command.
 COMPONENTS: dict[str, tuple[str, str]] = {
-    "up": ("contextlm.embedded", "run a resource set on this machine: the embedded default"),
+    "up": ("contextlm.embedded.up", "run a resource set on this machine: the embedded default"),
+    "ask": ("contextlm.embedded.commands.ask", "ask the system `contextlm up` serves a question"),
+    "feedback": (
+        "contextlm.embedded.commands.feedback",
+        "record thumbs up/down (and a correction) on an answer",
+    ),
+    "status": (
+        "contextlm.embedded.commands.status",
+        "conditions and phases of the resources `contextlm up` runs",
+    ),
+    "align": (
+        "contextlm.embedded.align",
+        "run an AlignmentRun on the embedded system's feedback (when the trigger fires)",
+    ),
     "artifact": ("contextlm.runtime.artifact", "pull an artifact from the store or push one"),
     "sync": ("contextlm.runtime.sync", "fetch, extract and chunk a corpus into a snapshot"),
     "index": ("contextlm.runtime.index", "embed a snapshot and build its indexes"),
