@@ -25,10 +25,11 @@ from contextlm.api import (
     ContextualDeploymentSpec,
     CorpusSpec,
     RetrievalStackSpec,
+    conditions,
 )
 from contextlm.api.validation import field_errors
 
-from . import conditions, kube, metrics
+from . import kube, metrics
 from .reconcile.aligned_model import reconcile_aligned_model
 from .reconcile.alignment_run import reconcile_alignment_run
 from .reconcile.common import object_lock, write_status

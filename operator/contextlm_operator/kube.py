@@ -149,7 +149,7 @@ def secret_exists(namespace: str, name: str) -> bool:
 
 def event(body: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
     """Record a Kubernetes Event on a resource (best effort: never fails a reconcile)."""
-    from .conditions import now
+    from contextlm.api.conditions import now
 
     meta = body["metadata"]
     stamp = now()

@@ -206,6 +206,7 @@ def test_generator_and_gateway_match_golden(golden: Any) -> None:
 
 
 def test_alignment_run_steps_are_jobs_with_the_right_inputs() -> None:
+    from contextlm.alignment import STEPS
     from contextlm.api.alignment_run import AlignmentRunSpec
     from contextlm_operator.render import alignment_run
 
@@ -214,7 +215,7 @@ def test_alignment_run_steps_are_jobs_with_the_right_inputs() -> None:
     run = AlignmentRunSpec.model_validate({"modelRef": {"name": "support-llm"}})
     owner = Owner("contextlm.io/v1alpha1", "AlignmentRun", "support-llm-1", "support", "u")
     jobs = {}
-    for step in alignment_run.STEPS:
+    for step in STEPS:
         config = alignment_run.step_config(
             owner, step, run=run, model=model, deployment=("support-assistant", deployment),
             base_revision="base", candidate="rev-2", retriever_url="http://r", settings=SETTINGS,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from contextlm.api.aligned_model import AlignedModelSpec
+from contextlm import alignment
+from contextlm.api.aligned_model import AlignedModelSpec, Revision
+from contextlm.api.conditions import ENGINE_READY, Reason, condition
 
 from .. import kube
-from ..conditions import Reason, condition
 from ..render import aligned_model as render
 from ..render.common import Owner, labels, selector
 from ..settings import OperatorSettings
@@ -17,15 +18,11 @@ from .children import apply_hpa
 from .common import prune, write_status
 from .workloads import selector_string, serving_conditions
 
-ENGINE_READY = "EngineReady"
-
 
 def target_revision(spec: AlignedModelSpec, status: dict[str, Any]) -> str:
     """The newest promoted revision in the history, else the base revision."""
-    promoted = [r for r in status.get("revisions", []) if r.get("promoted")]
-    if promoted:
-        return str(max(promoted, key=lambda r: r.get("created", ""))["id"])
-    return spec.base.revision
+    history = [Revision.model_validate(r) for r in status.get("revisions", [])]
+    return alignment.serving_revision(history, spec.base.revision)
 
 
 def reconcile_aligned_model(

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from contextlm import alignment
+from contextlm.alignment import EVALUATE, EXPORT, FINAL, STEPS, TRAIN
 from contextlm.api import API_VERSION
-from contextlm.api.aligned_model import AlignedModelSpec
+from contextlm.api.aligned_model import AlignedModelSpec, Revision
 from contextlm.api.alignment_run import AlignmentRunSpec
+from contextlm.api.conditions import DEPENDENCIES_READY, SUCCEEDED, Reason, condition, now
 from contextlm.api.contextual_deployment import ContextualDeploymentSpec
 
 from .. import kube, metrics
-from ..conditions import DEPENDENCIES_READY, Reason, condition, now
 from ..render import alignment_run as render
 from ..render.common import Owner
 from ..settings import OperatorSettings
 from .common import ensure_job, job_outcome, record_job_outcome, write_status
-
-FINAL = ("Promoted", "Rejected", "Failed")
-SUCCEEDED = "Succeeded"
-MAX_HISTORY = 20
 
 
 def feedback_deployment(
@@ -107,7 +105,7 @@ def reconcile_alignment_run(
     )
     retriever_url = ((stack or {}).get("status") or {}).get("endpoint")
     merged = {**status, **fields}
-    for step in render.STEPS:
+    for step in STEPS:
         if _done(step, merged):
             continue
         config = render.step_config(
@@ -121,7 +119,7 @@ def reconcile_alignment_run(
         ensure_job(job)
         outcome = job_outcome(owner.namespace, job["metadata"]["name"])
         record_job_outcome(body, step, outcome, condition_type=SUCCEEDED, already_recorded=False)
-        phase = "Evaluating" if step == render.EVALUATE else "Training"
+        phase = "Evaluating" if step == EVALUATE else "Training"
         if outcome.state == "failed" or (outcome.state == "succeeded" and not outcome.result):
             message = f"{step}: {outcome.message or 'the Job finished without a result'}"
             return _finish(
@@ -132,7 +130,7 @@ def reconcile_alignment_run(
                 cond = condition(SUCCEEDED, False, Reason.UNSCHEDULABLE, outcome.unschedulable)
             else:
                 cond = condition(SUCCEEDED, None, Reason.JOB_RUNNING, f"{step} is running")
-            if step == render.EVALUATE:
+            if step == EVALUATE:
                 _set_candidate(model, merged.get("outputRevision"))
             return write_status(body, fields=fields, new_conditions=[deps, cond],
                                 progressing=phase, phase=phase)  # fmt: skip
@@ -143,7 +141,7 @@ def reconcile_alignment_run(
 
 
 def _done(step: str, status: dict[str, Any]) -> bool:
-    key = {render.EXPORT: "dataset", render.TRAIN: "outputRevision", render.EVALUATE: "gate"}[step]
+    key = {EXPORT: "dataset", TRAIN: "outputRevision", EVALUATE: "gate"}[step]
     return bool(status.get(key))
 
 
@@ -155,7 +153,7 @@ def _get(result: dict[str, Any], *names: str, default: Any = 0) -> Any:
 
 
 def _step_fields(step: str, result: dict[str, Any]) -> dict[str, Any]:
-    if step == render.EXPORT:
+    if step == EXPORT:
         counts = result["dataset"]  # `contextlm export`'s result line (Counts.status())
         return {
             "dataset": {
@@ -166,7 +164,7 @@ def _step_fields(step: str, result: dict[str, Any]) -> dict[str, Any]:
                 "duplicatesDropped": int(counts["duplicatesDropped"]),
             }
         }
-    if step == render.TRAIN:
+    if step == TRAIN:
         return {
             "outputRevision": str(result["revision"]),
             "trainLoss": _get(result, "trainLoss", "train_loss", default=None),
@@ -195,36 +193,26 @@ def _decide(
     status: dict[str, Any],
     fields: dict[str, Any],
 ) -> str:
-    gate = status["gate"]
-    promote = gate["decision"] == "Promote" and spec.promote
-    entry = {
-        "id": status["outputRevision"],
-        "parent": status.get("baseRevision"),
-        "alignmentRun": body["metadata"]["name"],
-        "created": now(),
-        "scores": {
-            "candidate": gate["candidateScore"],
-            "baseline": gate["baselineScore"],
-        },
-        "promoted": promote,
-    }
-    history = [
-        r for r in (model.get("status") or {}).get("revisions", []) if r.get("id") != entry["id"]
-    ]
+    verdict = alignment.decide(
+        status["gate"], run=body["metadata"]["name"], run_spec=spec,
+        base_revision=status.get("baseRevision"), output_revision=status["outputRevision"],
+        created=now(),
+    )  # fmt: skip
+    history = [Revision.model_validate(r) for r in (model.get("status") or {}).get("revisions", [])]
+    revisions = alignment.with_revision(history, verdict.revision)
     kube.patch_status(
-        model, {"revisions": [*history, entry][-MAX_HISTORY:], "candidateRevision": None}
+        model,
+        {
+            "revisions": [
+                r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in revisions
+            ],
+            "candidateRevision": None,
+        },
     )
     ns, name = body["metadata"]["namespace"], spec.model_ref.name
-    metrics.ALIGNMENT_SCORE.labels(ns, name, "candidate").set(gate["candidateScore"])
-    metrics.ALIGNMENT_SCORE.labels(ns, name, "baseline").set(gate["baselineScore"])
-    verdict = (
-        f"{gate['metric']}: candidate {gate['candidateScore']:.4f} vs serving"
-        f" {gate['baselineScore']:.4f} (needs +{gate['minImprovement']})"
-    )
-    if promote:
-        return _finish(body, "Promoted", "GatePassed", verdict, fields=fields, model=name)
-    reason = "GateFailed" if gate["decision"] == "Reject" else "DryRun"
-    return _finish(body, "Rejected", reason, verdict, fields=fields, model=name)
+    metrics.ALIGNMENT_SCORE.labels(ns, name, "candidate").set(verdict.gate.candidate_score)
+    metrics.ALIGNMENT_SCORE.labels(ns, name, "baseline").set(verdict.gate.baseline_score)
+    return _finish(body, verdict.phase, verdict.reason, verdict.message, fields=fields, model=name)
 
 
 def _finish(

@@ -1,40 +1,26 @@
 """The AlignedModel's trigger: open an AlignmentRun once enough new feedback arrived,
 or at a scheduled time when any new feedback arrived.
 
+When it fires is `contextlm.alignment.check_trigger` (shared with `contextlm align`).
 The run is named after the start of its feedback window, so a repeated reconcile opens
 the same run, never a second one; no run opens while another of the model is active.
-A schedule fires at most once per scheduled time: it is due when its latest time (UTC)
-is later than the start of the last run (or the model's creation, before any run).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from contextlm import alignment
+from contextlm.alignment import FINAL
 from contextlm.api import API_VERSION
 from contextlm.api.aligned_model import AlignedModelSpec
 from contextlm.api.common import parse_time
 
 from .. import kube
-from ..conditions import now
-from ..render.common import Owner, inputs_hash, labels
-from .alignment_run import FINAL, _order, feedback_deployment, runs_of
+from ..render.common import Owner, labels
+from .alignment_run import _order, feedback_deployment, runs_of
 from .feedback import feedback_counts, read_secret_key
-
-
-def last_scheduled(schedule: str, at: datetime) -> datetime:
-    """The latest time at or before `at` that the cron schedule names (UTC)."""
-    from croniter import croniter
-
-    # get_prev is strictly before its start: start a second later to include `at` itself.
-    latest: datetime = croniter(schedule, at + timedelta(seconds=1)).get_prev(datetime)
-    return latest
-
-
-def schedule_due(schedule: str | None, *, last_start: datetime, at: datetime) -> bool:
-    """Whether a scheduled time passed since `last_start`."""
-    return schedule is not None and last_scheduled(schedule, at) > last_start
 
 
 def maybe_trigger(
@@ -64,23 +50,17 @@ def maybe_trigger(
         return {}
     fresh = counts["up"] + counts["down"]
     active = any((r.get("status") or {}).get("phase") not in FINAL for r in runs)
-    trigger = spec.alignment.trigger
     started = last["metadata"]["creationTimestamp"] if last is not None else created
-    scheduled = (
-        fresh > 0
-        and started is not None
-        and schedule_due(trigger.schedule, last_start=parse_time(started), at=parse_time(now()))
+    check = alignment.check_trigger(
+        spec.alignment, fresh=fresh, last_start=started, at=datetime.now(UTC)
     )
-    if (fresh >= trigger.min_feedback or scheduled) and not active:
-        # To the microsecond: the next window starts here, and a row recorded later in the
-        # same second must not be left for a run of its own.
-        until = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        window = {"until": until, **({"since": since} if since else {})}
+    if check.due and not active:
+        window = {"until": alignment.window_until(), **({"since": since} if since else {})}
         run: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": "AlignmentRun",
             "metadata": {
-                "name": f"{owner.name}-{inputs_hash(since or 'start', length=8)}",
+                "name": alignment.run_name(owner.name, since),
                 "namespace": owner.namespace,
                 "labels": labels(owner, "alignment"),
             },

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from kubernetes.client.exceptions import ApiException
 
-from .. import conditions, kube, metrics
+from contextlm.api import conditions
+
+from .. import kube, metrics
 
 log = logging.getLogger(__name__)
 

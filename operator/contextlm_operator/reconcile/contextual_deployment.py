@@ -6,10 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from contextlm.api import API_VERSION
+from contextlm.api.conditions import (
+    DEPENDENCIES_READY,
+    READY,
+    Reason,
+    condition,
+)
+from contextlm.api.conditions import (
+    FEEDBACK_STORE_MIGRATED as MIGRATED,
+)
 from contextlm.api.contextual_deployment import ContextualDeploymentSpec
 
 from .. import kube
-from ..conditions import DEPENDENCIES_READY, READY, Reason, condition
 from ..render import aligned_model as model_render
 from ..render import contextual_deployment as render
 from ..render.common import Owner, labels, selector
@@ -18,8 +26,6 @@ from .children import apply_hpa
 from .common import ensure_job, job_outcome, prune, write_status
 from .feedback import feedback_counts, read_secret_key
 from .workloads import selector_string, serving_conditions
-
-MIGRATED = "FeedbackStoreMigrated"
 
 
 def _ready(obj: dict[str, Any] | None) -> bool:

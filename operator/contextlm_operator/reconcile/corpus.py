@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from contextlm.api.conditions import READY, SYNCED, Reason, condition, now
 from contextlm.api.corpus import CorpusSpec
 
 from .. import kube
-from ..conditions import READY, SYNCED, Reason, condition, now
 from ..render import corpus as render
 from ..render.common import Owner, labels
 from ..settings import OperatorSettings

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from contextlm.api import API_VERSION
+from contextlm.api.conditions import DEPENDENCIES_READY, INDEX_BUILT, READY, Reason, condition
 from contextlm.api.retrieval_stack import RetrievalStackSpec
 
 from .. import kube
-from ..conditions import DEPENDENCIES_READY, INDEX_BUILT, READY, Reason, condition
 from ..render import retrieval_stack as render
 from ..render.common import Owner, labels, selector
 from ..settings import OperatorSettings

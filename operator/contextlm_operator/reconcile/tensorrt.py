@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from contextlm.api.aligned_model import AlignedModelSpec
+from contextlm.api.conditions import ENGINE_READY, Reason, condition
 
 from .. import kube
-from ..conditions import Reason, condition
 from ..render import aligned_model as model_render
 from ..render import tensorrt as render
 from ..render.common import Owner, labels, selector
@@ -17,8 +17,6 @@ from ..settings import OperatorSettings
 from .children import apply_hpa
 from .common import ensure_job, job_outcome, prune, record_job_outcome
 from .workloads import selector_string, serving_conditions
-
-ENGINE_READY = "EngineReady"
 
 
 def serve_tensorrt(

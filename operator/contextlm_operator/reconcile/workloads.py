@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contextlm.api.conditions import READY, SERVING, Reason, condition
+
 from .. import kube
-from ..conditions import READY, SERVING, Reason, condition
 from .common import unschedulable_message
 
 

@@ -8,29 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from contextlm import alignment
+from contextlm.alignment import EVALUATE, EXPORT, TRAIN, Paths
 from contextlm.api.aligned_model import AlignedModelSpec
 from contextlm.api.alignment_run import AlignmentRunSpec
 from contextlm.api.contextual_deployment import ContextualDeploymentSpec
-from contextlm.runtime.config import EvaluateConfig, ExportConfig, FeedbackSource, TrainConfig
+from contextlm.runtime.config import FeedbackSource
 
 from ..settings import OperatorSettings
 from .common import WORK_DIR, Owner, config_map, job, resources, store_env
 
-EXPORT, TRAIN, EVALUATE = "export", "train", "evaluate"
-STEPS = (EXPORT, TRAIN, EVALUATE)
 EVAL_DIR = "/etc/contextlm-eval"
 DSN_ENV = "CONTEXTLM_FEEDBACK_DSN"
+POD_PATHS = Paths(work_dir=WORK_DIR, cache_dir=f"{WORK_DIR}/models", evaluation_set=EVAL_DIR)
 
 
 def job_name(owner: Owner, step: str) -> str:
     return f"{owner.name}-{step}"
-
-
-def _alignment(model: AlignedModelSpec, run: AlignmentRunSpec) -> Any:
-    alignment = model.alignment.model_copy(deep=True)
-    if run.method:
-        alignment.method = run.method
-    return alignment
 
 
 def step_config(
@@ -45,53 +39,19 @@ def step_config(
     retriever_url: str | None,
     settings: OperatorSettings,
 ) -> dict[str, Any]:
-    name = run.model_ref.name
-    alignment = _alignment(model, run)
-    common = {
-        "namespace": owner.namespace,
-        "model": name,
-        "run": owner.name,
-        "store": settings.store,
-    }
-    if step == EXPORT:
-        deployment_name, cd = deployment
-        config: Any = ExportConfig(
-            **common,
-            feedback=FeedbackSource(
-                backend=cd.feedback.store.backend,
-                dsn_env=DSN_ENV,
-                deployment=f"{owner.namespace}/{deployment_name}",
-            ),
-            since=run.feedback_window.since,
-            until=run.feedback_window.until,
-            since_last_run=run.feedback_window.since is None,
-            held_out_fraction=model.alignment.evaluation.held_out_fraction,
-        )
-    elif step == TRAIN:
-        config = TrainConfig(
-            **common,
-            base_model=model.base.model,
-            base_revision=base_revision,
-            alignment=alignment,
-            max_steps=run.max_steps,
-            merge=model.serving.engine == "tensorrt-llm",
-            max_length=min(model.serving.max_input_length + model.serving.max_output_length, 4096),
-            work_dir=f"{WORK_DIR}/train",
-            cache_dir=f"{WORK_DIR}/models",
-        )
-    else:
-        assert candidate is not None
-        config = EvaluateConfig(
-            **common,
-            base_model=model.base.model,
-            candidate_revision=candidate,
-            baseline_revision=base_revision,
-            alignment=alignment,
-            evaluation_set=EVAL_DIR if model.alignment.evaluation.dataset else None,
-            retriever_url=retriever_url if model.alignment.evaluation.dataset else None,
-            prompt=deployment[1].prompt,
-            cache_dir=f"{WORK_DIR}/models",
-        )
+    """The step's config (contextlm.alignment), with a pod's paths and the feedback DSN
+    from the deployment's Secret (see render_step)."""
+    deployment_name, cd = deployment
+    feedback = FeedbackSource(
+        backend=cd.feedback.store.backend,
+        dsn_env=DSN_ENV,
+        deployment=f"{owner.namespace}/{deployment_name}",
+    )
+    config = alignment.step_config(
+        step, namespace=owner.namespace, run=owner.name, run_spec=run, model_spec=model,
+        deployment=cd, feedback=feedback, base_revision=base_revision, candidate=candidate,
+        retriever_url=retriever_url, store=settings.store, paths=POD_PATHS,
+    )  # fmt: skip
     dumped: dict[str, Any] = config.model_dump(mode="json")
     return dumped
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import signal
@@ -26,17 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import alignment
 from ..api import AlignmentRunSpec, AlignmentRunStatus
-from ..api.aligned_model import Revision
-from ..api.alignment_run import DatasetCounts, FeedbackWindow, GateDecision
-from ..api.common import LocalObjectReference, parse_time
+from ..api.alignment_run import DatasetCounts, FeedbackWindow
+from ..api.common import LocalObjectReference
+from ..runtime.config import FeedbackSource
 from . import status as st
 from .processes import JobFailed, Processes
 from .state import DEFAULT_DATA, Run, State, StateFile, running_state
 from .system import EmbeddedError, System, load_system
-
-FINAL = ("Promoted", "Rejected", "Failed")
-MAX_HISTORY = 20
 
 
 def _store(state_dir: Path) -> Any:
@@ -75,12 +72,6 @@ def _data_dir(state: State) -> Path:
     return Path(state.data_dir)
 
 
-def run_name(model: str, since: str | None) -> str:
-    """The operator's trigger names a run after the start of its window."""
-    text = json.dumps([since or "start"], sort_keys=True, separators=(",", ":"))
-    return f"{model}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
 class Aligner:
     def __init__(self, system: System, data_dir: Path, *, quiet: bool) -> None:
         from ..runtime.store import StoreConfig
@@ -94,37 +85,31 @@ class Aligner:
         self.model = system.model
 
     def due(self, state: State) -> tuple[bool, str, str | None]:
-        """(the trigger fires, why, window start)."""
-        alignment = self.model.spec.alignment
+        """(the trigger fires, why, window start): the operator's trigger, over the
+        SQLite store (minFeedback, or the schedule when any feedback arrived)."""
         ended = last_window_end(self.data, state)
         since = ended.astimezone(UTC).isoformat() if ended else None
         counts = feedback_counts(state, ended) or {"up": 0, "down": 0}
         fresh = counts["up"] + counts["down"]
-        need = alignment.trigger.min_feedback
         with self.state.update() as s:
             s.model.feedback_since_last_run = fresh
-        if not alignment.enabled:
-            return False, "alignment.enabled is false for this AlignedModel", since
-        if fresh < need:
-            return (
-                False,
-                (
-                    f"{fresh} feedback rows since the last run, the trigger needs {need}"
-                    f" (alignment.trigger.minFeedback): {need - fresh} more, or pass --force"
-                ),
-                since,
-            )
-        return True, f"{fresh} new feedback rows (minFeedback {need})", since
+        started = [r.status.start_time for r in state.runs if r.status.start_time]
+        check = alignment.check_trigger(
+            self.model.spec.alignment, fresh=fresh, at=datetime.now(UTC),
+            last_start=max(started) if started else state.created,
+        )  # fmt: skip
+        reason = check.reason if check.due else f"{check.reason}, or pass --force"
+        return check.due, reason, since
 
     def open_run(self, since: str | None, *, max_steps: int | None, promote: bool) -> Run:
         state = self.state.read()
         base = state.model.serving_revision or self.model.spec.base.revision
-        name = run_name(self.model.metadata.name, since)
+        name = alignment.run_name(self.model.metadata.name, since)
         taken = {r.name for r in state.runs}
         n = 2
         while name in taken:  # --force over a window already run: a fresh record
-            name, n = f"{run_name(self.model.metadata.name, since)}-{n}", n + 1
-        window = FeedbackWindow(since=since, until=st.now())
+            name, n = f"{alignment.run_name(self.model.metadata.name, since)}-{n}", n + 1
+        window = FeedbackWindow(since=since, until=alignment.window_until())
         run = Run(name=name, spec=AlignmentRunSpec(
             model_ref=LocalObjectReference(name=self.model.metadata.name),
             feedback_window=window, base_revision=base, max_steps=max_steps, promote=promote,
@@ -155,19 +140,19 @@ class Aligner:
         name = run.name
         try:
             self._condition(name, None, st.Reason.JOB_RUNNING, "export is running", "Training")
-            exported = self.procs.job("export", self._export(run), name=f"{name}-export")
+            exported = self.procs.job("export", self._config(run, alignment.EXPORT), name=f"{name}-export")
             counts = exported.get("dataset") or {}
             self._update(name, dataset=DatasetCounts.model_validate(counts))
             self._condition(name, None, st.Reason.JOB_RUNNING, "train is running", "Training")
             steps = run.spec.max_steps or self.model.spec.alignment.max_steps
-            trained = self.procs.job("train", self._train(run), name=f"{name}-train", total=steps)
+            trained = self.procs.job("train", self._config(run, alignment.TRAIN), name=f"{name}-train", total=steps)
             revision = str(trained["revision"])
             self._update(name, output_revision=revision, train_loss=trained.get("trainLoss"),
                          steps=trained.get("steps"))  # fmt: skip
             with self.state.update() as s:
                 s.model.candidate_revision = revision
             self._condition(name, None, st.Reason.JOB_RUNNING, "evaluate is running", "Evaluating")
-            gate = self.procs.job("evaluate", self._evaluate(run, revision),
+            gate = self.procs.job("evaluate", self._config(run, alignment.EVALUATE, revision),
                                   name=f"{name}-evaluate")  # fmt: skip
         except JobFailed as exc:
             with self.state.update() as s:
@@ -178,34 +163,19 @@ class Aligner:
         return self.decide(name, gate)
 
     def decide(self, name: str, result: dict[str, Any]) -> Run:
-        """The operator's `_decide`: record the revision with both scores; promote only a
-        passed gate of a run that may promote."""
-        gate = GateDecision(
-            metric=result["metric"], candidate_score=float(result["candidateScore"]),
-            baseline_score=float(result["baselineScore"]),
-            min_improvement=float(result["minImprovement"]), decision=result["decision"],
-        )  # fmt: skip
-        run = self._update(name, gate=gate, completion_time=st.now())
-        promote = gate.decision == "Promote" and run.spec.promote
+        """The operator's decision (contextlm.alignment.decide): record the revision with
+        both scores; promote only a passed gate of a run that may promote."""
+        run = self._read(name)
         assert run.status.output_revision is not None
-        entry = Revision(
-            id=run.status.output_revision, parent=run.status.base_revision, alignment_run=name,
-            created=st.now(), promoted=promote,
-            scores={"candidate": gate.candidate_score, "baseline": gate.baseline_score},
+        verdict = alignment.decide(
+            result, run=name, run_spec=run.spec, base_revision=run.status.base_revision,
+            output_revision=run.status.output_revision, created=st.now(),
         )  # fmt: skip
+        self._update(name, gate=verdict.gate, completion_time=st.now())
         with self.state.update() as s:
-            history = [r for r in s.model.revisions if r.id != entry.id]
-            s.model.revisions = [*history, entry][-MAX_HISTORY:]
+            s.model.revisions = alignment.with_revision(s.model.revisions, verdict.revision)
             s.model.candidate_revision = None
-        verdict = (
-            f"{gate.metric}: candidate {gate.candidate_score:.4f} vs serving"
-            f" {gate.baseline_score:.4f} (needs +{gate.min_improvement})"
-        )
-        if promote:
-            self._condition(name, True, "GatePassed", verdict, "Promoted")
-        else:
-            reason = "GateFailed" if gate.decision == "Reject" else "DryRun"
-            self._condition(name, True, reason, verdict, "Rejected")
+        self._condition(name, True, verdict.reason, verdict.message, verdict.phase)
         return self._read(name)
 
     def _read(self, name: str) -> Run:
@@ -213,59 +183,25 @@ class Aligner:
         assert run is not None
         return run
 
-    # Configs, as render/alignment_run.py renders them ---------------------------------
+    # Configs: contextlm.alignment.step_config, as the operator renders them, with this
+    # machine's paths and the gateway's SQLite store as the feedback source.
 
-    def _alignment(self, run: Run) -> Any:
-        alignment = self.model.spec.alignment.model_copy(deep=True)
-        if run.spec.method:
-            alignment.method = run.spec.method
-        return alignment
-
-    def _export(self, run: Run) -> Any:
-        from ..runtime.config import ExportConfig, FeedbackSource
-
-        cd = self.system.deployment
-        window = run.spec.feedback_window
-        return ExportConfig(
-            namespace=self.ns, model=self.model.metadata.name, run=run.name, store=self.store,
-            feedback=FeedbackSource(backend="sqlite", sqlite_path=str(self.data / "feedback.db"),
-                                    deployment=f"{self.ns}/{cd.metadata.name}"),
-            since=parse_time(window.since) if window.since else None,
-            until=parse_time(window.until) if window.until else None,
-            since_last_run=window.since is None,
-            held_out_fraction=self.model.spec.alignment.evaluation.held_out_fraction,
-        )  # fmt: skip
-
-    def _train(self, run: Run) -> Any:
-        from ..runtime.config import TrainConfig
-
-        serving = self.model.spec.serving
-        return TrainConfig(
-            namespace=self.ns, model=self.model.metadata.name, run=run.name, store=self.store,
-            base_model=self.model.spec.base.model,
-            base_revision=run.status.base_revision or self.model.spec.base.revision,
-            alignment=self._alignment(run), max_steps=run.spec.max_steps, merge=False,
-            max_length=min(serving.max_input_length + serving.max_output_length, 4096),
-            work_dir=str(self.data / "work" / "train"),
-            cache_dir=str(self.data / "cache" / "models"),
-        )  # fmt: skip
-
-    def _evaluate(self, run: Run, candidate: str) -> Any:
-        from ..runtime.config import EvaluateConfig
-
+    def _config(self, run: Run, step: str, candidate: str | None = None) -> Any:
         dataset = self.model.spec.alignment.evaluation.dataset
         cd = self.system.deployment
-        evaluation_set = (
-            str(self.system.config_map_dir(dataset.name, self.data)) if dataset else None
-        )
-        return EvaluateConfig(
-            namespace=self.ns, model=self.model.metadata.name, run=run.name, store=self.store,
-            base_model=self.model.spec.base.model, candidate_revision=candidate,
-            baseline_revision=run.status.base_revision or self.model.spec.base.revision,
-            alignment=self._alignment(run), evaluation_set=evaluation_set,
-            retriever_url=self.state.read().stack.endpoint if dataset else None,
-            prompt=cd.spec.prompt, max_new_tokens=cd.spec.prompt.max_tokens,
-            cache_dir=str(self.data / "cache" / "models"),
+        return alignment.step_config(
+            step, namespace=self.ns, run=run.name, run_spec=run.spec, model_spec=self.model.spec,
+            deployment=cd.spec,
+            feedback=FeedbackSource(backend="sqlite", sqlite_path=str(self.data / "feedback.db"),
+                                    deployment=f"{self.ns}/{cd.metadata.name}"),
+            base_revision=run.status.base_revision or self.model.spec.base.revision,
+            candidate=candidate, retriever_url=self.state.read().stack.endpoint,
+            store=self.store,
+            paths=alignment.Paths(
+                work_dir=str(self.data / "work"), cache_dir=str(self.data / "cache" / "models"),
+                evaluation_set=str(self.system.config_map_dir(dataset.name, self.data))
+                if dataset else None,
+            ),
         )  # fmt: skip
 
     # Rolling out ----------------------------------------------------------------------

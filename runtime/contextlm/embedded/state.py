@@ -49,6 +49,9 @@ class Run(BaseModel):
 class State(BaseModel):
     namespace: str = "default"
     data_dir: str = ""
+    created: str | None = Field(
+        default=None, description="When this system first came up (its resources' creation)."
+    )
     files: list[str] = Field(default_factory=list)
     up_pid: int | None = Field(default=None, description="The `contextlm up` serving it.")
     endpoint: str | None = None

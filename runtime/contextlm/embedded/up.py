@@ -17,11 +17,14 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from .. import alignment
 from ..runtime.artifacts import content_hash, index_prefix, snapshot_prefix, stable_json
 from . import status as st
 from .processes import JobFailed, Processes, check_port, free_port
@@ -250,6 +253,7 @@ class Up:
         system = self.system
         with self.state.update() as s:
             s.namespace = self.ns
+            s.created = s.created or st.now()
             s.data_dir = str(self.data)
             s.files = [str(f) for f in system.files]
             s.up_pid = os.getpid()
@@ -304,10 +308,8 @@ class Up:
     def target_revision(self) -> str:
         """The newest promoted revision in the model's history, else the base revision
         (the operator's rule)."""
-        promoted = [r for r in self.state.read().model.revisions if r.promoted]
-        if promoted:
-            return max(promoted, key=lambda r: r.created).id
-        return self.system.model.spec.base.revision
+        history = self.state.read().model.revisions
+        return alignment.serving_revision(history, self.system.model.spec.base.revision)
 
     def roll(self) -> None:
         """Serve the target revision: a new generator first, then the gateway on it."""
@@ -356,6 +358,52 @@ def _tree(folder: str) -> str:
     ))  # fmt: skip
 
 
+class Trigger:
+    """The AlignedModel's trigger, evaluated the way the operator evaluates it on each
+    reconcile: when it fires (minFeedback, or the schedule), `contextlm align` runs in
+    the background (log: logs/align.log) and, on a promotion, tells `up` to roll."""
+
+    def __init__(self, up: Up, interval: float) -> None:
+        self.up = up
+        self.interval = interval
+        self.child: subprocess.Popen[bytes] | None = None
+        self.next = time.monotonic() + interval
+
+    def tick(self) -> None:
+        if self.interval <= 0 or time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + self.interval
+        if self.child is not None and self.child.poll() is None:
+            return  # one run at a time
+        from .align import Aligner
+
+        try:
+            due, why, _ = Aligner(self.up.system, self.up.data, quiet=True).due(
+                self.up.state.read()
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed check waits for the next one
+            self.up.procs.say(f"trigger check failed ({exc}); retrying in {self.interval:.0f}s")
+            return
+        if not due:
+            return
+        log = self.up.procs.logs / "align.log"
+        self.up.procs.say(f"the trigger fired ({why}): contextlm align; log: {log}")
+        with log.open("ab") as sink:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "contextlm.cli", "align", "--data-dir", str(self.up.data)],
+                stdout=sink, stderr=subprocess.STDOUT, env=self.up.procs.env,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+            try:
+                self.child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.child.pid, signal.SIGKILL)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", help="resource files or folders (same as -f)")
     parser.add_argument(
@@ -388,6 +436,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", choices=("text", "json"), default="text",
                         help="json: one JSON line on stdout once ready, no progress bars")  # fmt: skip
+    parser.add_argument(
+        "--trigger-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often the alignment trigger is checked; when it fires, `contextlm align`"
+        " runs in the background (0: only by hand; default: 60)",
+    )
 
 
 def _volumes(specs: list[str]) -> dict[str, Path]:
@@ -433,6 +489,7 @@ def _serve(up: Up, args: argparse.Namespace, *, quiet: bool) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    trigger = Trigger(up, args.trigger_interval)
     try:
         up.start()
         state = up.state.read()
@@ -447,6 +504,7 @@ def _serve(up: Up, args: argparse.Namespace, *, quiet: bool) -> int:
             if up.reload.wait(timeout=1.0):
                 up.reload.clear()
                 up.roll()
+            trigger.tick()
             dead = up.procs.exited()
             if dead:
                 name, code = dead[0]
@@ -458,6 +516,7 @@ def _serve(up: Up, args: argparse.Namespace, *, quiet: bool) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        trigger.stop()
         up.stop()
     return 0
 

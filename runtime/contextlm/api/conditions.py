@@ -1,7 +1,9 @@
 """Condition types, reasons and the phase derived from them.
 
-Types are positive (`Ready`, `Synced`, `IndexBuilt`, `Serving`, `DependenciesReady`);
-reasons are the CamelCase constants below, the only place they are spelled.
+Types are positive (`Ready`, `Synced`, `IndexBuilt`, `Serving`, `DependenciesReady`, ...);
+reasons are the CamelCase constants below, the only place they are spelled. The operator
+and the embedded system (`contextlm up`, `status`, `align`) both write status with these,
+so a resource reads the same in a cluster and on a laptop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ SYNCED = "Synced"
 INDEX_BUILT = "IndexBuilt"
 SERVING = "Serving"
 DEPENDENCIES_READY = "DependenciesReady"
+ENGINE_READY = "EngineReady"
+FEEDBACK_STORE_MIGRATED = "FeedbackStoreMigrated"
+SUCCEEDED = "Succeeded"  # an AlignmentRun's outcome
 
 
 class Reason:
@@ -38,6 +43,10 @@ class Reason:
     UNSCHEDULABLE = "Unschedulable"
     INVALID_SPEC = "InvalidSpec"
     PODS_NOT_READY = "PodsNotReady"
+    # an AlignmentRun's gate
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    DRY_RUN = "DryRun"
 
 
 def now() -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlm_operator import conditions as c
+from contextlm.api import conditions as c
 
 
 def test_merge_keeps_transition_time_and_reports_new_false() -> None:
