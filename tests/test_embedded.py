@@ -90,6 +90,21 @@ def test_commands_without_a_running_system_say_how_to_start_one(tmp_path: Path) 
     assert done.returncode == 1 and "contextlm up -f" in done.stderr, done.stderr
 
 
+def test_progress_lines_drive_the_bars() -> None:
+    import io
+
+    from contextlm.embedded.progress import Bar
+
+    out = io.StringIO()
+    bar = Bar("index", stream=out)
+    bar.line("INFO contextlm.index embedded 64/130 chunks")
+    bar.line("INFO contextlm.index embedded 130/130 chunks")
+    assert (bar.position, out.getvalue().strip()) == (130, "index: 130/130 chunk")
+    train = Bar("train", stream=io.StringIO())
+    train.line("step 3/4 loss=0.69")
+    assert train.position == 3
+
+
 def _start(
     data: Path, port: int, log: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:

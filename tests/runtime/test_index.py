@@ -46,6 +46,16 @@ def download(store: LocalStore, version: str, target: Path) -> Path:
     return target
 
 
+def test_encoding_reports_progress_after_each_batch(embedder: Embedder) -> None:
+    """The index Job logs `embedded i/N chunks` from these calls; `contextlm up` draws
+    its embedding bar from that line."""
+    calls: list[tuple[int, int]] = []
+    texts = [f"passage number {i} about returns" for i in range(130)]
+    vectors = embedder.encode(texts, batch_size=64, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(64, 130), (128, 130), (130, 130)]
+    assert np.allclose(vectors, embedder.encode(texts, batch_size=64))
+
+
 def test_embeddings_match_sentence_transformers(embedder: Embedder) -> None:
     try:
         from sentence_transformers import SentenceTransformer

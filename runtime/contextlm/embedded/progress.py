@@ -3,7 +3,7 @@
 The components log for Kubernetes (one line per event on stderr); here those lines are
 teed into the job's log file and the ones that say how far a job is drive a tqdm bar
 with an ETA: sync's `progress documents=N`, train's `step i/N`, and the index build's
-`embedding N new chunk texts` (which starts its phase). Without a terminal, or with
+`embedded i/N chunks`. Without a terminal, or with
 `--output json`, no bar is drawn: the milestones are printed as plain lines instead.
 """
 
@@ -17,6 +17,7 @@ from typing import IO, Any
 SYNC_PROGRESS = re.compile(r"progress documents=(\d+)")
 TRAIN_STEP = re.compile(r"step (\d+)/(\d+)")
 EMBEDDING = re.compile(r"embedding (\d+) new chunk texts")
+EMBEDDED = re.compile(r"embedded (\d+)/(\d+) chunks")
 MILESTONES = re.compile(
     r"published (snapshot|index)|unchanged snapshot|already built|reusing \d+ embeddings"
     r"|exported|gate (Promote|Reject)|training|published revision|scoring|ERROR"
@@ -74,6 +75,8 @@ class Bar:
             self.advance_to(int(m.group(1)), unit="doc")
         elif m := TRAIN_STEP.search(text):
             self.advance_to(int(m.group(1)), total=int(m.group(2)), unit="step")
+        elif m := EMBEDDED.search(text):
+            self.advance_to(int(m.group(1)), total=int(m.group(2)), unit="chunk")
         elif m := EMBEDDING.search(text):
             self.note(f"embedding {m.group(1)} chunks")
         elif MILESTONES.search(text):

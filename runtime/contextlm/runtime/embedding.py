@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,9 +104,15 @@ class Embedder:
         self._torch = torch
 
     def encode(
-        self, texts: Sequence[str], *, batch_size: int = 64, max_length: int | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Vectors:
-        """Unit-length float32 vectors, one row per text, in the order given."""
+        """Unit-length float32 vectors, one row per text, in the order given;
+        `progress(done, total)` is called after each batch."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
@@ -119,6 +125,8 @@ class Embedder:
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 out[rows] = self._forward([ids[i] for i in rows])
+                if progress is not None:
+                    progress(start + len(rows), len(order))
         return out
 
     def _forward(self, batch: list[list[int]]) -> Vectors:

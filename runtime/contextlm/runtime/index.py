@@ -21,6 +21,8 @@ import logging
 import math
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,7 +283,9 @@ def embed_chunks(
         log.info(
             "embedding %d new chunk texts with %s on %s", len(todo), model.name, embedder.device
         )
-        matrix = embedder.encode(list(todo.values()), batch_size=batch_size)
+        matrix = embedder.encode(
+            list(todo.values()), batch_size=batch_size, progress=_progress_log()
+        )
         fresh = dict(zip(todo, matrix, strict=True))
     dimension = len(next(iter(fresh.values()) if fresh else iter(known.values())))
     out = np.zeros((len(chunks), dimension), dtype=np.float32)
@@ -401,3 +405,17 @@ def write_sparse(out: Path, retriever: Retriever, chunks: list[Chunk]) -> dict[s
         "bm25": params.model_dump(mode="json", by_alias=True),
         "tokenizer": BM25_TOKENIZER,
     }
+
+
+def _progress_log(every_s: float = 2.0) -> Callable[[int, int], None]:
+    """A progress callback that logs `embedded i/N chunks` at most every `every_s`
+    seconds (and at the end): the Job log's progress, and `contextlm up`'s bar."""
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] >= every_s:
+            last[0] = now
+            log.info("embedded %d/%d chunks", done, total)
+
+    return report
