@@ -1,12 +1,15 @@
 """The only module that talks to the Kubernetes API.
 
 Children are written with server-side apply under one field manager with force, sending
-only the fields the operator owns; status is merge-patched on the status subresource,
+only the fields the operator owns, and only when the live object does not already hold
+them: an apply that changes nothing is still a write request, and the reconcile timer
+would send one per child per period. Status is merge-patched on the status subresource,
 and only when it changed, so an idle operator writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -91,15 +94,69 @@ def _call(
     return json.loads(data) if data else None
 
 
-def apply(obj: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply `obj` (with force) and return what the server holds."""
+APPLIED = "contextlm.io/applied"
+"""Annotation on every applied child: a digest of the manifest last applied."""
+
+
+def manifest_digest(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def with_digest(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    path = _path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+    annotations = {**meta.get("annotations", {}), APPLIED: manifest_digest(obj)}
+    return {**obj, "metadata": {**meta, "annotations": annotations}}
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == {} or value == []
+
+
+def holds(live: Any, want: Any) -> bool:
+    """Does `live` carry every field of `want` with its value? The server adds defaults
+    and other managers' fields, which do not count; an empty value in `want` claims
+    nothing the server would keep."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(
+            _empty(value) or (key in live and holds(live[key], value))
+            for key, value in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(want)
+            and all(holds(a, b) for a, b in zip(live, want, strict=True))
+        )
+    return bool(live == want)
+
+
+def unchanged(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """True when applying `desired` (with its digest) would change nothing we own. The
+    digest catches fields dropped from the manifest since the last apply (the server
+    would remove them); the comparison catches drift (someone changed or removed a
+    field we set), which is then repaired by applying."""
+    if live is None:
+        return False
+    digest = desired["metadata"]["annotations"][APPLIED]
+    return bool(
+        live["metadata"].get("annotations", {}).get(APPLIED) == digest and holds(live, desired)
+    )
+
+
+def apply(obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `obj` (with force) unless the live object already holds it;
+    return what the server holds."""
+    desired = with_digest(obj)
+    meta = desired["metadata"]
+    live = get(desired["apiVersion"], desired["kind"], meta.get("namespace") or "", meta["name"])
+    if live is not None and unchanged(live, desired):
+        return live
+    path = _path(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"])
     result: dict[str, Any] = _call(
         "PATCH",
         path,
         query=[("fieldManager", MANAGER), ("force", "true")],
-        body=obj,
+        body=desired,
         content_type="application/apply-patch+yaml",
     )
     return result
@@ -125,6 +182,10 @@ def list_objects(
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str) -> None:
+    """Delete if present: a DELETE that finds nothing is still a write request, and
+    reconcilers delete optional children on every pass."""
+    if get(api_version, kind, namespace, name) is None:
+        return
     try:
         _call(
             "DELETE",

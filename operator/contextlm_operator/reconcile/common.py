@@ -107,6 +107,15 @@ def prune(
             kube.delete(api_version, kind, namespace, obj["metadata"]["name"])
 
 
+def stored(value: Any) -> Any:
+    """What the server keeps of a merge-patched value: a null member removes the key,
+    so comparing a desired `{"engineId": None}` with what was stored would find a change
+    on every pass and patch status on every timer tick. Lists are replaced whole."""
+    if isinstance(value, dict):
+        return {k: stored(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def write_status(
     body: dict[str, Any],
     *,
@@ -125,7 +134,7 @@ def write_status(
     )
     phase = phase or conditions.phase(merged, progressing=progressing)
     desired = {**fields, "conditions": merged, "phase": phase, "observedGeneration": generation}
-    changed = {k: v for k, v in desired.items() if current.get(k) != v}
+    changed = {k: v for k, v in desired.items() if current.get(k) != stored(v)}
     if changed:
         kube.patch_status(body, changed)
     for cond in turned_false:
