@@ -81,6 +81,12 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
              message=f"default ServiceAccount in {name}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # The test's operators are stopped by now, and kopf's finalizers would keep the
+    # namespace Terminating for good in a reused cluster: release what is left.
+    left = cluster.kubectl("get", "contextlm", "-n", name, "-o", "name", check=False).stdout
+    for obj in left.split():
+        cluster.kubectl("patch", obj, "-n", name, "--type", "merge",
+                        "-p", '{"metadata":{"finalizers":[]}}', check=False)
 
 
 @pytest.fixture
