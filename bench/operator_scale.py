@@ -68,6 +68,9 @@ from harness.cluster import (
     start_cluster,
     wait_for,
 )
+from harness.cluster import (
+    operator_command as cluster_operator_command,
+)
 
 API = "contextlm.io/v1alpha1"
 KINDS = {  # kind -> plural
@@ -588,18 +591,7 @@ def load() -> str:
 
 def operator_command(which: str, namespace: str, port: int) -> list[str]:
     if which == "contextlm":
-        return [
-            sys.executable,
-            "-m",
-            "contextlm_operator.main",
-            "--namespace",
-            namespace,
-            "--standalone",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-        ]
+        return cluster_operator_command(namespace, port)
     return [
         sys.executable,
         "-m",

@@ -35,6 +35,7 @@ from harness.cluster import (
     Cluster,
     OperatorProcess,
     free_port,
+    operator_command,
     run_operator,
     start_cluster,
     stop_cluster,
@@ -162,20 +163,7 @@ def system(
         "CONTEXTLM_IMAGE": "registry.invalid/contextlm/e2e:none",
     }
     op = operator(
-        command=[
-            sys.executable,
-            "-m",
-            "contextlm_operator.main",
-            # Its own namespace only: other tests (and bench/operator_scale.py) may share
-            # the cluster, and an operator watching everything would reconcile theirs.
-            "--namespace",
-            namespace,
-            "--standalone",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-        ],
+        command=operator_command(namespace, port),
         env=env,
     )
     yield {

@@ -10,7 +10,6 @@ test_chart.py.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness.cluster import REPO, Cluster, OperatorProcess, free_port, wait_for
+from harness.cluster import REPO, Cluster, OperatorProcess, free_port, operator_command, wait_for
 
 EXAMPLES = REPO / "examples" / "production"
 CONTEXTLM = "contextlm.io/"
@@ -103,18 +102,7 @@ def test_operator_never_writes_spec_and_a_resync_changes_nothing(
 
     port = free_port()
     op = operator(
-        command=[
-            sys.executable,
-            "-m",
-            "contextlm_operator.main",
-            "--namespace",
-            namespace,
-            "--standalone",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-        ],
+        command=operator_command(namespace, port),
         env={
             "CONTEXTLM_RECONCILE_INTERVAL": str(INTERVAL),
             "CONTEXTLM_STORE_KIND": "local",
@@ -176,18 +164,7 @@ def test_an_edited_child_is_put_back(
     cluster.kubectl("apply", *_apply_args("server-side"), "-f", "-", input=yaml.safe_dump(model))
     port = free_port()
     op = operator(
-        command=[
-            sys.executable,
-            "-m",
-            "contextlm_operator.main",
-            "--namespace",
-            namespace,
-            "--standalone",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-        ],
+        command=operator_command(namespace, port),
         env={"CONTEXTLM_RECONCILE_INTERVAL": str(INTERVAL), "CONTEXTLM_STORE_KIND": "local"},
     )
     name = "m-generator"

@@ -234,6 +234,13 @@ class OperatorProcess:
                 self.proc.wait()
 
 
+def operator_command(namespace: str, metrics_port: int) -> list[str]:
+    """The contextlm operator as e2e tests and the scale benchmark run it: watching one
+    namespace only (others may share the cluster), no peering, metrics on loopback."""
+    return [sys.executable, "-m", "contextlm_operator.main", "--namespace", namespace,
+            "--standalone", "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
+
+
 @contextmanager
 def run_operator(cluster: Cluster, *args: str, module: str = "contextlm_operator.main",
                  command: Sequence[str] | None = None, namespaces: Sequence[str] = (),
